@@ -1,0 +1,54 @@
+# One entry point for people and CI. `make test` is the command CI runs (.ci/run).
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+PY := .venv/bin/python
+NODES ?= 4
+GPUS ?= 8
+DOMAINS ?= 2
+
+.PHONY: help venv lint typecheck test test-fast binaries cluster-up cluster-down cluster-status fail-node demo bench-attention
+
+help:
+	@echo "make demo          run the LongVILAJob demo on a local cluster (tiny model, synthetic data)"
+	@echo "make test          lint, type check and the full test suite (what CI runs)"
+	@echo "make cluster-up    start the local cluster (NODES=$(NODES) GPUS=$(GPUS) DOMAINS=$(DOMAINS))"
+	@echo "make cluster-down  stop every process the local cluster started"
+	@echo "make fail-node NODE=name   make a fake node NotReady (its heartbeats stop)"
+
+venv:
+	@scripts/bootstrap
+
+lint: venv
+	$(PY) -m ruff check operator trainer localcluster tests
+	$(PY) -m ruff format --check operator trainer localcluster tests
+
+typecheck: venv
+	$(PY) -m mypy operator/longvila_operator trainer/longvila_trainer/parallel localcluster/longvila_localcluster
+
+test: lint typecheck
+	$(PY) -m pytest -p no:cacheprovider
+
+test-fast: venv
+	$(PY) -m pytest -p no:cacheprovider -m "not cluster and not slow"
+
+binaries: venv
+	$(PY) -m longvila_localcluster.cli build
+
+cluster-up: venv
+	$(PY) -m longvila_localcluster.cli up --nodes $(NODES) --gpus-per-node $(GPUS) --domains $(DOMAINS)
+
+cluster-down: venv
+	$(PY) -m longvila_localcluster.cli down
+
+cluster-status: venv
+	$(PY) -m longvila_localcluster.cli status
+
+fail-node: venv
+	@test -n "$(NODE)" || { echo "usage: make fail-node NODE=<node name>"; exit 2; }
+	$(PY) -m longvila_localcluster.cli fail-node $(NODE)
+
+demo: venv
+	$(PY) -m longvila_localcluster.cli demo
+
+bench-attention: venv
+	$(PY) -m longvila_trainer.bench.attention
