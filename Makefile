@@ -19,11 +19,11 @@ venv:
 	@scripts/bootstrap
 
 lint: venv
-	$(PY) -m ruff check operator trainer localcluster tests
-	$(PY) -m ruff format --check operator trainer localcluster tests
+	.venv/bin/ruff check operator trainer localcluster tests
+	.venv/bin/ruff format --check operator trainer localcluster tests
 
 typecheck: venv
-	$(PY) -m mypy operator/longvila_operator trainer/longvila_trainer/parallel localcluster/longvila_localcluster
+	$(PY) -m mypy operator/longvila_operator trainer/longvila_trainer localcluster/longvila_localcluster
 
 test: lint typecheck
 	$(PY) -m pytest -p no:cacheprovider

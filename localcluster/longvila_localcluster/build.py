@@ -88,16 +88,16 @@ def _run(cmd: Sequence[str], cwd: Path, env: dict[str, str], log: Path, label: s
 
 
 def _go_json(args: Sequence[str], cwd: Path, env: dict[str, str]) -> dict[str, str]:
-    out = subprocess.run(
-        ["go", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True
-    ).stdout
+    out = subprocess.run(["go", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout
     data: dict[str, str] = json.loads(out)
     return data
 
 
 def staging_modules(kubernetes_gomod: str) -> list[str]:
     """Module paths that k8s.io/kubernetes replaces with ./staging/ (read from its go.mod)."""
-    return sorted(set(re.findall(r"^\s*(k8s\.io/[A-Za-z0-9._-]+)\s+=>\s+\./staging/", kubernetes_gomod, re.M)))
+    return sorted(
+        set(re.findall(r"^\s*(k8s\.io/[A-Za-z0-9._-]+)\s+=>\s+\./staging/", kubernetes_gomod, re.M))
+    )
 
 
 def go_directives(gomod: str) -> list[str]:
@@ -139,9 +139,21 @@ def _build_kubernetes(c: Component, work: Path, out: Path, env: dict[str, str], 
     _run(["go", "get", *[f"{p}@{v}" for p in pkgs]], work, env, log, "resolving k8s.io/kubernetes modules")
     date = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     _run(
-        ["go", "build", "-trimpath", "-tags=selinux,notest", "-ldflags", kubernetes_ldflags(c.version, date),
-         "-o", str(out) + "/", *pkgs],
-        work, env, log, f"compiling {', '.join(c.binaries)}",
+        [
+            "go",
+            "build",
+            "-trimpath",
+            "-tags=selinux,notest",
+            "-ldflags",
+            kubernetes_ldflags(c.version, date),
+            "-o",
+            str(out) + "/",
+            *pkgs,
+        ],
+        work,
+        env,
+        log,
+        f"compiling {', '.join(c.binaries)}",
     )
 
 
@@ -150,8 +162,22 @@ def _build_etcd(c: Component, work: Path, out: Path, env: dict[str, str], log: P
     # requires it resolves the sibling modules at the same tag instead.
     (work / "go.mod").write_text("module local/etcdwrap\n\ngo 1.25.0\n")
     _run(["go", "get", f"go.etcd.io/etcd/server/v3@v{c.version}"], work, env, log, "resolving etcd modules")
-    _run(["go", "build", "-trimpath", "-ldflags", "-s -w", "-o", str(out / "etcd"), "go.etcd.io/etcd/server/v3"],
-         work, env, log, "compiling etcd")
+    _run(
+        [
+            "go",
+            "build",
+            "-trimpath",
+            "-ldflags",
+            "-s -w",
+            "-o",
+            str(out / "etcd"),
+            "go.etcd.io/etcd/server/v3",
+        ],
+        work,
+        env,
+        log,
+        "compiling etcd",
+    )
 
 
 _GO_INSTALL = {
@@ -165,8 +191,14 @@ _GO_INSTALL = {
 def _build_go_install(c: Component, work: Path, out: Path, env: dict[str, str], log: Path) -> None:
     pkg, ldf = _GO_INSTALL[c.name]
     env = dict(env, GOBIN=str(out))
-    cmd = ["go", "install", "-trimpath", "-ldflags", ("-s -w " + ldf.format(v=c.version)).strip(),
-           f"{pkg}@v{c.version}"]
+    cmd = [
+        "go",
+        "install",
+        "-trimpath",
+        "-ldflags",
+        ("-s -w " + ldf.format(v=c.version)).strip(),
+        f"{pkg}@v{c.version}",
+    ]
     _run(cmd, work, env, log, f"compiling {c.name}")
 
 
@@ -200,7 +232,9 @@ def build(c: Component, root: Path) -> Path:
         tmp.rename(final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"built {c.name} {c.version} in {time.monotonic() - start:.0f}s", flush=True)
+    took = time.monotonic() - start
+    (logs / f"{c.name}-{c.version}.seconds").write_text(f"{took:.0f}\n")
+    print(f"built {c.name} {c.version} in {took:.0f}s", flush=True)
     return final
 
 
