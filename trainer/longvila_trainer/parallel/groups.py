@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass
+from typing import cast
 
 import torch.distributed as dist
 
@@ -70,7 +71,7 @@ def build_groups(layout: ParallelLayout, check_hosts: bool = True) -> SPGroups:
     def mine(groups: list[list[int]]) -> dist.ProcessGroup | None:
         found = None
         for ranks in groups:
-            g = dist.new_group(ranks) if len(ranks) > 1 else None
+            g = cast(dist.ProcessGroup, dist.new_group(ranks)) if len(ranks) > 1 else None
             if rank in ranks:
                 found = g
         return found

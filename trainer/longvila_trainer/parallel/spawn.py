@@ -3,11 +3,15 @@
 Used by tests, `check_attention` and the benchmarks. Each worker initialises the default
 process group over TCP on a free loopback port; results come back pickled through a
 multiprocessing queue; a worker failure raises in the parent with that worker's traceback.
+Results are pickled to bytes by the worker: torch's multiprocessing queue would otherwise
+pass tensors through shared memory that dies with the worker (EOFError in the parent).
 """
 
 from __future__ import annotations
 
 import os
+import pickle
+import queue as queue_module
 import socket
 import traceback
 from collections.abc import Callable
@@ -36,14 +40,12 @@ def _worker(
 ) -> None:
     torch.set_num_threads(threads)
     try:
-        dist.init_process_group(
-            "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
-        )
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
         try:
             result = fn(rank, world, *args)
         finally:
             dist.destroy_process_group()
-        queue.put((rank, True, result))
+        queue.put((rank, True, pickle.dumps(result)))
     except BaseException:
         queue.put((rank, False, traceback.format_exc()))
         raise
@@ -74,12 +76,14 @@ def run_gloo(fn: Callable[..., Any], world: int, *args: Any, timeout: float = 60
         for _ in range(world):
             rank, ok, payload = queue.get(timeout=timeout)
             if ok:
-                results[rank] = payload
+                results[rank] = pickle.loads(payload)
             else:
                 errors.append(f"rank {rank}:\n{payload}")
                 break  # the others are likely blocked in a collective with the failed rank
-    except Exception as e:  # queue.Empty on timeout
-        errors.append(f"timed out after {timeout}s waiting for workers ({type(e).__name__})")
+    except queue_module.Empty:
+        errors.append(f"timed out after {timeout}s waiting for workers")
+    except Exception as e:
+        errors.append(f"lost contact with the workers: {type(e).__name__}: {e}")
     finally:
         if errors:
             for p in procs:

@@ -85,9 +85,7 @@ class TokenLayout:
     # ---- per-token metadata over the padded global sequence, each [total] ----
     @cached_property
     def doc_id(self) -> torch.Tensor:
-        return torch.repeat_interleave(
-            torch.arange(len(self.padded_lens)), torch.tensor(self.padded_lens)
-        )
+        return torch.repeat_interleave(torch.arange(len(self.padded_lens)), torch.tensor(self.padded_lens))
 
     @cached_property
     def position(self) -> torch.Tensor:
@@ -96,9 +94,7 @@ class TokenLayout:
 
     @cached_property
     def valid(self) -> torch.Tensor:
-        return torch.cat(
-            [torch.arange(p) < n for p, n in zip(self.padded_lens, self.doc_lens, strict=True)]
-        )
+        return torch.cat([torch.arange(p) < n for p, n in zip(self.padded_lens, self.doc_lens, strict=True)])
 
     @cached_property
     def real_index(self) -> torch.Tensor:

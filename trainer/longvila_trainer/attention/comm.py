@@ -1,0 +1,109 @@
+"""The communication the attention does, in one layer that can count its bytes.
+
+Two primitives: an all-to-all over the Ulysses group (uneven split sizes allowed) and a
+ring shift (send to ring rank r+1, receive from r−1) over P2P with batch_isend_irecv,
+addressed by the global ranks in SPGroups.ring_ranks. Every call records the bytes this
+rank puts on the wire in an optional CommMeter, so the benchmark reports measured traffic,
+not a formula. A group of None means a single member: nothing is sent.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+@dataclass(eq=False)  # compared and hashed by identity, so an AttentionContext holding one stays hashable
+class CommMeter:
+    """Bytes sent and calls made by this rank, per kind ("all_to_all", "p2p")."""
+
+    sent: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    calls: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    def record(self, kind: str, nbytes: int) -> None:
+        self.sent[kind] += nbytes
+        self.calls[kind] += 1
+
+    def reset(self) -> None:
+        self.sent.clear()
+        self.calls.clear()
+
+    @property
+    def total(self) -> int:
+        return sum(self.sent.values())
+
+
+def all_to_all(
+    x: Tensor,
+    send_sizes: list[int],
+    recv_sizes: list[int],
+    group: dist.ProcessGroup | None,
+    meter: CommMeter | None = None,
+) -> Tensor:
+    """Exchanges row blocks along dim 0: rows [Σsend[:j], Σsend[:j+1]) go to group rank j, and
+    the result concatenates, in group-rank order, recv_sizes[j] rows from each rank j."""
+    if group is None:
+        return x
+    x = x.contiguous()
+    out = x.new_empty((sum(recv_sizes), *x.shape[1:]))
+    dist.all_to_all_single(out, x, recv_sizes, send_sizes, group=group)
+    if meter is not None:
+        me = dist.get_rank(group)
+        row = x[0].numel() * x.element_size() if x.shape[0] else 0
+        meter.record("all_to_all", (sum(send_sizes) - send_sizes[me]) * row)  # own block stays local
+    return out
+
+
+def all_gather_sizes(n: int, group: dist.ProcessGroup | None, device: torch.device) -> list[int]:
+    """Every group member's n, in group-rank order (for shards of unknown, uneven length)."""
+    if group is None:
+        return [n]
+    t = torch.tensor([n], dtype=torch.long, device=device)
+    out = [torch.zeros_like(t) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(out, t, group=group)
+    return [int(o.item()) for o in out]
+
+
+class RingShift:
+    """Non-blocking shift of tensors one hop around a ring: start(), compute, wait().
+
+    Several tensors may travel in one shift; each gets its own tag, so a KV block and a
+    gradient block moving between the same pair of ranks can never be mismatched.
+    """
+
+    def __init__(
+        self, ring_ranks: tuple[int, ...], me: int, group: dist.ProcessGroup | None, meter: CommMeter | None
+    ) -> None:
+        n = len(ring_ranks)
+        self.next, self.prev = ring_ranks[(me + 1) % n], ring_ranks[(me - 1) % n]
+        self.group, self.meter = group, meter
+        self._works: list[dist.Work] = []
+        self._keep: list[Tensor] = []  # send buffers must outlive the non-blocking sends
+
+    def start(self, tensors: list[Tensor]) -> list[Tensor]:
+        """Sends each tensor to the next rank; returns buffers that receive the previous rank's."""
+        if self._works:
+            raise RuntimeError("RingShift.start called twice without wait")
+        if self.group is None or not tensors:
+            return list(tensors)
+        ops, recvs = [], []
+        for tag, t in enumerate(tensors):
+            t = t.contiguous()
+            r = torch.empty_like(t)
+            ops.append(dist.P2POp(dist.isend, t, self.next, group=self.group, tag=tag))
+            ops.append(dist.P2POp(dist.irecv, r, self.prev, group=self.group, tag=tag))
+            recvs.append(r)
+            self._keep.append(t)
+            if self.meter is not None:
+                self.meter.record("p2p", t.numel() * t.element_size())
+        self._works = dist.batch_isend_irecv(ops)
+        return recvs
+
+    def wait(self) -> None:
+        for w in self._works:
+            w.wait()
+        self._works, self._keep = [], []

@@ -1,0 +1,391 @@
+"""Attention kernels behind one varlen interface; the choice is made here, lazily, per call.
+
+A call runs several independent problems packed along the rows (varlen): problem i is q rows
+[cu_q[i], cu_q[i+1]) against k/v rows [cu_k[i], cu_k[i+1]), all full or all square-causal.
+Every kernel returns the log-sum-exp, and every backward takes the *final* merged out and
+LSE of its rows (the flash formula dS = P ∘ (dP − rowsum(dO ∘ O)) with P = exp(S − LSE)), so
+the ring can run it block by block and still get exact gradients.
+
+Shapes: q [Nq, H, D], k/v [Nk, Hkv, D] with H % Hkv == 0 (query head h uses kv head
+h // (H/Hkv), as transformers' repeat_kv); out [Nq, H, D]; lse [Nq, H] float32.
+
+Backends ("auto" picks by device at call time; nothing is probed at import):
+- "flash_attn": flash-attn's varlen kernels (GPU, fp16/bf16), one call per pass.
+- "sdpa": PyTorch's CUDA flash kernel through its aten op (returns the LSE), per problem.
+- "cpu_flash": aten._scaled_dot_product_flash_attention_for_cpu and its backward. In this
+  torch build it does accept a float attn_mask, but gives LSE 0 (not −inf) for a fully
+  masked row and crashes (SIGFPE) on a zero-length sequence, so we never pass a mask or
+  an empty problem; the ring schedule is mask-free by construction.
+- "math": exact masked math in ≥ fp32; also `masked_attention` for arbitrary masks.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import itertools
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+KERNELS = ("auto", "flash_attn", "sdpa", "cpu_flash", "math")
+
+
+@dataclass(frozen=True)
+class Varlen:
+    cu_q: tuple[int, ...]  # cumulative query rows, len = problems + 1
+    cu_k: tuple[int, ...]
+    causal: bool
+
+    @property
+    def problems(self) -> list[tuple[int, int, int, int]]:
+        return [
+            (self.cu_q[i], self.cu_q[i + 1], self.cu_k[i], self.cu_k[i + 1])
+            for i in range(len(self.cu_q) - 1)
+        ]
+
+
+class Kernel(Protocol):
+    name: str
+
+    def forward(
+        self, q: Tensor, k: Tensor, v: Tensor, seg: Varlen, scale: float
+    ) -> tuple[Tensor, Tensor]: ...
+
+    def backward(
+        self,
+        dout: Tensor,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        out: Tensor,
+        lse: Tensor,
+        seg: Varlen,
+        scale: float,
+    ) -> tuple[Tensor, Tensor, Tensor]: ...
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _expand_kv(x: Tensor, heads: int) -> Tensor:
+    """[N, Hkv, D] -> [N, H, D] by repeating each kv head H/Hkv times (GQA)."""
+    return x if x.shape[1] == heads else x.repeat_interleave(heads // x.shape[1], dim=1)
+
+
+def _fold_kv(dx: Tensor, kv_heads: int) -> Tensor:
+    """Inverse of _expand_kv for gradients: sums the replicas. [N, H, D] -> [N, Hkv, D]"""
+    n, h, d = dx.shape
+    return dx if h == kv_heads else dx.view(n, kv_heads, h // kv_heads, d).sum(2)
+
+
+def masked_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    """Exact attention for any boolean mask [Nq, Nk] (True = may attend), in ≥ fp32.
+
+    A fully masked row gives out 0 and LSE −inf (never NaN). Returns out [Nq, H, D] in the
+    accumulation dtype and lse [Nq, H].
+    """
+    dt = _acc_dtype(q.dtype)
+    kx, vx = _expand_kv(k, q.shape[1]).to(dt), _expand_kv(v, q.shape[1]).to(dt)
+    s = torch.einsum("qhd,khd->hqk", q.to(dt), kx) * scale  # [H, Nq, Nk]
+    s = s.masked_fill(~mask, float("-inf"))
+    lse = torch.logsumexp(s, dim=-1)  # [H, Nq]; −inf on fully masked rows
+    p = torch.exp(s - lse.clamp_min(torch.finfo(dt).min).unsqueeze(-1))  # exp(−inf) = 0 there
+    out = torch.einsum("hqk,khd->qhd", p, vx)
+    return out, lse.transpose(0, 1)
+
+
+def _causal_mask(nq: int, nk: int, causal: bool, device: torch.device) -> Tensor:
+    if not causal:
+        return torch.ones(nq, nk, dtype=torch.bool, device=device)
+    return torch.ones(nq, nk, dtype=torch.bool, device=device).tril()
+
+
+class MathKernel:
+    name = "math"
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, seg: Varlen, scale: float) -> tuple[Tensor, Tensor]:
+        out = q.new_zeros(q.shape, dtype=_acc_dtype(q.dtype))
+        lse = q.new_full((q.shape[0], q.shape[1]), float("-inf"), dtype=torch.float32)
+        for q0, q1, k0, k1 in seg.problems:
+            mask = _causal_mask(q1 - q0, k1 - k0, seg.causal, q.device)
+            o, lse_i = masked_attention(q[q0:q1], k[k0:k1], v[k0:k1], mask, scale)
+            out[q0:q1], lse[q0:q1] = o, lse_i.float()
+        return out.to(q.dtype), lse
+
+    def backward(
+        self,
+        dout: Tensor,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        out: Tensor,
+        lse: Tensor,
+        seg: Varlen,
+        scale: float,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        dt = _acc_dtype(q.dtype)
+        h = q.shape[1]
+        dq = torch.zeros(q.shape, dtype=dt, device=q.device)
+        dk = torch.zeros(k.shape, dtype=dt, device=q.device)
+        dv = torch.zeros(v.shape, dtype=dt, device=q.device)
+        for q0, q1, k0, k1 in seg.problems:
+            qi, do, oi = q[q0:q1].to(dt), dout[q0:q1].to(dt), out[q0:q1].to(dt)
+            ki, vi = _expand_kv(k[k0:k1], h).to(dt), _expand_kv(v[k0:k1], h).to(dt)
+            s = torch.einsum("qhd,khd->hqk", qi, ki) * scale
+            mask = _causal_mask(q1 - q0, k1 - k0, seg.causal, q.device)
+            # probabilities under the final (merged) normaliser: exactly this block's share
+            p = torch.exp(s - lse[q0:q1].to(dt).transpose(0, 1).unsqueeze(-1)).masked_fill(~mask, 0.0)
+            dp = torch.einsum("qhd,khd->hqk", do, vi)
+            delta = (do * oi).sum(-1).transpose(0, 1).unsqueeze(-1)  # [H, Nq, 1]
+            ds = p * (dp - delta) * scale
+            dq[q0:q1] = torch.einsum("hqk,khd->qhd", ds, ki)
+            dk[k0:k1] += _fold_kv(torch.einsum("hqk,qhd->khd", ds, qi), k.shape[1])
+            dv[k0:k1] += _fold_kv(torch.einsum("hqk,qhd->khd", p, do), v.shape[1])
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+
+
+def _bhsd(x: Tensor) -> Tensor:
+    """[S, H, D] -> [1, H, S, D] view (the aten SDPA ops take batch-first heads)."""
+    return x.transpose(0, 1).unsqueeze(0)
+
+
+def _shd(x: Tensor) -> Tensor:
+    """[1, H, S, D] -> [S, H, D]."""
+    return x.squeeze(0).transpose(0, 1)
+
+
+class CpuFlashKernel:
+    """aten's CPU flash attention; handles GQA natively (repeat_kv head mapping)."""
+
+    name = "cpu_flash"
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, seg: Varlen, scale: float) -> tuple[Tensor, Tensor]:
+        out = torch.empty_like(q)
+        lse = q.new_empty((q.shape[0], q.shape[1]), dtype=torch.float32)
+        op = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+        for q0, q1, k0, k1 in seg.problems:
+            o, lse_i = op(_bhsd(q[q0:q1]), _bhsd(k[k0:k1]), _bhsd(v[k0:k1]), 0.0, seg.causal, scale=scale)
+            out[q0:q1], lse[q0:q1] = _shd(o), lse_i[0].transpose(0, 1)
+        return out, lse
+
+    def backward(
+        self,
+        dout: Tensor,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        out: Tensor,
+        lse: Tensor,
+        seg: Varlen,
+        scale: float,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        op = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+        for q0, q1, k0, k1 in seg.problems:
+            lse_i = lse[q0:q1].transpose(0, 1).unsqueeze(0).contiguous()  # [1, H, Nq]
+            g = op(
+                _bhsd(dout[q0:q1]),
+                _bhsd(q[q0:q1]),
+                _bhsd(k[k0:k1]),
+                _bhsd(v[k0:k1]),
+                _bhsd(out[q0:q1]),
+                lse_i,
+                0.0,
+                seg.causal,
+                scale=scale,
+            )
+            dq[q0:q1] = _shd(g[0])
+            dk[k0:k1] += _shd(g[1])
+            dv[k0:k1] += _shd(g[2])
+        return dq, dk, dv
+
+
+class SdpaCudaKernel:
+    """PyTorch's CUDA flash kernel via aten (fp16/bf16, head dim ≤ 256), per problem.
+
+    The aten op has no GQA, so kv heads are expanded here and their gradients summed.
+    """
+
+    name = "sdpa"
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, seg: Varlen, scale: float) -> tuple[Tensor, Tensor]:
+        out = torch.empty_like(q)
+        lse = q.new_empty((q.shape[0], q.shape[1]), dtype=torch.float32)
+        h = q.shape[1]
+        for q0, q1, k0, k1 in seg.problems:
+            res = torch.ops.aten._scaled_dot_product_flash_attention(
+                _bhsd(q[q0:q1]),
+                _bhsd(_expand_kv(k[k0:k1], h)),
+                _bhsd(_expand_kv(v[k0:k1], h)),
+                0.0,
+                seg.causal,
+                False,
+                scale=scale,
+            )
+            out[q0:q1], lse[q0:q1] = _shd(res[0]), res[1][0, :, : q1 - q0].transpose(0, 1)
+        return out, lse
+
+    def backward(
+        self,
+        dout: Tensor,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        out: Tensor,
+        lse: Tensor,
+        seg: Varlen,
+        scale: float,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        h = q.shape[1]
+        no_rng = torch.empty(0, dtype=torch.int64, device=q.device)  # dropout 0: never read
+        for q0, q1, k0, k1 in seg.problems:
+            g = torch.ops.aten._scaled_dot_product_flash_attention_backward(
+                _bhsd(dout[q0:q1]).contiguous(),
+                _bhsd(q[q0:q1]).contiguous(),
+                _bhsd(_expand_kv(k[k0:k1], h)).contiguous(),
+                _bhsd(_expand_kv(v[k0:k1], h)).contiguous(),
+                _bhsd(out[q0:q1]).contiguous(),
+                lse[q0:q1].transpose(0, 1).unsqueeze(0).contiguous(),
+                None,
+                None,
+                q1 - q0,
+                k1 - k0,
+                0.0,
+                seg.causal,
+                no_rng,
+                no_rng,
+                scale=scale,
+            )
+            dq[q0:q1] = _shd(g[0])
+            dk[k0:k1] += _fold_kv(_shd(g[1]), k.shape[1])
+            dv[k0:k1] += _fold_kv(_shd(g[2]), v.shape[1])
+        return dq, dk, dv
+
+
+def _call(fn: Any, **kwargs: Any) -> Any:
+    """Calls a flash-attn internal with the keyword arguments its version knows about (they
+    gained and renamed arguments across 2.x: window_size became window_size_left/right).
+    From 2.7 they are torch custom ops, whose own signature is (*args, **kwargs): read the
+    wrapped function's."""
+    params = inspect.signature(getattr(fn, "_init_fn", fn)).parameters
+    if "window_size" in kwargs and "window_size" not in params:
+        left, right = kwargs.pop("window_size")
+        kwargs["window_size_left"], kwargs["window_size_right"] = left, right
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return fn(**kwargs)
+    return fn(**{k: v for k, v in kwargs.items() if k in params})
+
+
+class FlashAttnKernel:
+    """flash-attn ≥ 2.4 varlen internals: one call per pass, native GQA, LSE [H, Nq]."""
+
+    name = "flash_attn"
+
+    def __init__(self) -> None:
+        self._fa = importlib.import_module("flash_attn.flash_attn_interface")
+
+    @staticmethod
+    def _cu(cu: tuple[int, ...], device: torch.device) -> Tensor:
+        return torch.tensor(cu, dtype=torch.int32, device=device)
+
+    @staticmethod
+    def _max(cu: tuple[int, ...]) -> int:
+        return max(b - a for a, b in itertools.pairwise(cu))
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, seg: Varlen, scale: float) -> tuple[Tensor, Tensor]:
+        res = _call(
+            self._fa._flash_attn_varlen_forward,
+            q=q,
+            k=k,
+            v=v,
+            cu_seqlens_q=self._cu(seg.cu_q, q.device),
+            cu_seqlens_k=self._cu(seg.cu_k, q.device),
+            max_seqlen_q=self._max(seg.cu_q),
+            max_seqlen_k=self._max(seg.cu_k),
+            dropout_p=0.0,
+            softmax_scale=scale,
+            causal=seg.causal,
+            window_size=(-1, -1),
+            softcap=0.0,
+            alibi_slopes=None,
+            return_softmax=False,
+            block_table=None,
+        )
+        # 2.4–2.6 return (out, q, k, v, out_padded, lse, S, rng); ≥ 2.7 return (out, lse, S, rng)
+        out, lse = (res[0], res[5]) if len(res) == 8 else (res[0], res[1])
+        if lse.dim() != 2:
+            raise RuntimeError(f"flash-attn returned a padded LSE {tuple(lse.shape)}; need flash-attn ≥ 2.4")
+        return out, lse.transpose(0, 1).float()
+
+    def backward(
+        self,
+        dout: Tensor,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        out: Tensor,
+        lse: Tensor,
+        seg: Varlen,
+        scale: float,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        _call(
+            self._fa._flash_attn_varlen_backward,
+            dout=dout.contiguous(),
+            q=q,
+            k=k,
+            v=v,
+            out=out.contiguous(),
+            softmax_lse=lse.transpose(0, 1).contiguous(),
+            dq=dq,
+            dk=dk,
+            dv=dv,
+            cu_seqlens_q=self._cu(seg.cu_q, q.device),
+            cu_seqlens_k=self._cu(seg.cu_k, q.device),
+            max_seqlen_q=self._max(seg.cu_q),
+            max_seqlen_k=self._max(seg.cu_k),
+            dropout_p=0.0,
+            softmax_scale=scale,
+            causal=seg.causal,
+            window_size=(-1, -1),
+            softcap=0.0,
+            alibi_slopes=None,
+            deterministic=False,
+            rng_state=None,
+        )
+        return dq, dk, dv
+
+
+def _has_flash_attn() -> bool:
+    return importlib.util.find_spec("flash_attn") is not None
+
+
+def select_kernel(name: str, q: Tensor) -> Kernel:
+    """The one place a kernel is chosen. "auto": flash-attn on GPU when installed and the
+    dtype is half precision, else SDPA's CUDA flash kernel (half precision) or exact math
+    (fp32 on GPU); aten's CPU flash kernel on CPU (float32/bfloat16/float64)."""
+    if name not in KERNELS:
+        raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {name!r}")
+    half = q.dtype in (torch.float16, torch.bfloat16)
+    if name == "auto":
+        if q.is_cuda:
+            name = "flash_attn" if half and _has_flash_attn() else ("sdpa" if half else "math")
+        else:
+            name = "cpu_flash"
+    if name == "flash_attn":
+        return FlashAttnKernel()
+    if name == "sdpa":
+        if not q.is_cuda:
+            raise ValueError("kernel 'sdpa' needs CUDA tensors")
+        return SdpaCudaKernel()
+    if name == "cpu_flash":
+        if q.is_cuda:
+            raise ValueError("kernel 'cpu_flash' needs CPU tensors")
+        return CpuFlashKernel()
+    return MathKernel()
