@@ -1,0 +1,572 @@
+"""The LongVILAJob API: spec and status as typed dataclasses, the one source of truth.
+
+Every field carries its documentation, default and bounds (`prop`); classes carry their
+cross-field rules (`RULES`), each written twice side by side: as CEL for the API server
+(`x-kubernetes-validations`) and as a Python predicate for the operator and the CLI, with
+one message for both. `schema.py` turns these classes into the CRD's OpenAPI schema;
+`manifest.py` turns a manifest into instances. Python names are snake_case; the JSON
+names are their camelCase forms.
+
+Every string and list is bounded (maxLength / maxItems): the API server estimates a CEL
+rule's worst-case cost from those bounds and refuses a CRD whose rules could exceed its
+per-rule budget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar, dataclass_transform
+
+# Stage types and layouts are values of the env contract (LONGVILA_STAGE_TYPE, LONGVILA_LAYOUT).
+from longvila_trainer.env_contract import LAYOUTS, STAGE_TYPES
+
+NODE_FAILURE_POLICIES = ("replace", "shrink", "fail")
+PHASES = ("Pending", "Running", "Restarting", "Succeeded", "Failed", "Suspended")
+STAGE_PHASES = ("Pending", "Running", "Restarting", "Succeeded", "Failed")
+
+# Regexes shared by CEL (RE2) and Python `re`; written without backslashes so the same text
+# is valid inside a CEL string literal (`[.]`, not an escaped dot). `[!-~]` is any printable
+# ASCII character but space.
+S3_URI = "^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[!-~]*)?$"
+MODEL_URI = "^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[!-~]*)?|file:///[!-~]*)$"
+DATA_URI = (
+    "^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[!-~]*)?|file:///[!-~]*|synthetic://[a-z0-9][-a-z0-9._]*)$"
+)
+HTTP_ENDPOINT = "^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/?$"
+DNS_LABEL = "^[a-z]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+LABEL_KEY = (
+    "^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    "[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
+RESOURCE_NAME = "^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+ENV_NAME = "^[A-Za-z_][A-Za-z0-9_]*$"
+QUANTITY = "^[0-9]+([.][0-9]+)?(m|k|M|G|T|P|Ki|Mi|Gi|Ti|Pi)?$"
+RESERVED_ENV_PREFIXES = ("PET_", "LONGVILA_", "TORCHELASTIC_")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One cross-field constraint: CEL for the API server, `check` for Python, one message.
+
+    `got` is an optional CEL expression naming the offending value; the API server appends
+    it to the message through messageExpression, so the message itself stays a stable
+    substring that tests and people can search for. Only bounded strings qualify: the
+    cost estimator sizes `string(int)` as unbounded and refuses the CRD.
+    """
+
+    rule: str
+    message: str
+    check: Callable[[Any], bool]
+    field_path: str = ""
+    got: str = ""
+
+
+@dataclass(frozen=True)
+class Prop:
+    """Schema facts about one field (see `prop`)."""
+
+    doc: str
+    minimum: float | None = None
+    maximum: float | None = None
+    enum: tuple[str, ...] = ()
+    pattern: str | None = None
+    min_length: int | None = None
+    max_length: int | None = None
+    min_items: int | None = None
+    max_items: int | None = None
+    max_properties: int | None = None
+    value_max_length: int | None = None
+    list_map_keys: tuple[str, ...] = ()
+    rules: tuple[Rule, ...] = ()
+    format: str | None = None
+
+
+def prop(
+    doc: str, *, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING, **facts: Any
+) -> Any:
+    """A dataclass field with its documentation and schema facts (keywords of `Prop`)."""
+    meta = {"prop": Prop(doc=doc, **facts)}
+    if factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+T = TypeVar("T")
+
+
+@dataclass_transform(frozen_default=True, kw_only_default=True, field_specifiers=(prop,))
+def api_object(cls: type[T]) -> type[T]:
+    """An API type: a frozen, keyword-only dataclass whose fields are `prop`s."""
+    return dataclass(frozen=True, kw_only=True)(cls)
+
+
+def uri_rule(regex: str, message: str, *, allow_empty: bool = False) -> Rule:
+    if allow_empty:  # the empty default must pass too: the API server checks defaults against rules
+        return Rule(
+            rule=f"self == '' || self.matches('{regex}')",
+            message=message,
+            check=lambda v: v == "" or re.fullmatch(regex, v) is not None,
+            got="'got ' + self",
+        )
+    return Rule(
+        rule=f"self.matches('{regex}')",
+        message=message,
+        check=lambda v: re.fullmatch(regex, v) is not None,
+        got="'got ' + self",
+    )
+
+
+S3_RULE = uri_rule(
+    S3_URI, "must be an S3 URI s3://<bucket>/<prefix> (bucket: 3-63 lowercase letters, digits, dots, hyphens)"
+)
+MODEL_RULE = uri_rule(
+    MODEL_URI, "must be s3://<bucket>/<prefix> or file:///<absolute path inside the image or a volume>"
+)
+DATA_RULE = uri_rule(
+    DATA_URI, "must be s3://<bucket>/<prefix>, file:///<absolute path> or synthetic://<generator name>"
+)
+ENDPOINT_RULE = uri_rule(
+    HTTP_ENDPOINT,
+    "must be empty or an http(s)://host[:port] URL of an S3-compatible endpoint",
+    allow_empty=True,
+)
+QUANTITY_RULE = uri_rule(QUANTITY, "must be a Kubernetes quantity such as 500m, 16, 64Gi or 1.5Ti")
+
+
+JOB_NAME_RULE = Rule(
+    rule="self.metadata.name.size() <= 63",
+    message="metadata.name must be at most 63 characters: it is a label value on every child object",
+    check=lambda name: len(name) <= 63,
+)
+
+
+@api_object
+class ModelSpec:
+    """Where the weights come from."""
+
+    llm: str = prop(
+        "The language model (a transformers Qwen2 checkpoint).", max_length=1024, rules=(MODEL_RULE,)
+    )
+    vision_tower: str = prop(
+        "The vision tower (a transformers SigLIP checkpoint).", max_length=1024, rules=(MODEL_RULE,)
+    )
+    init: str | None = prop(
+        "Checkpoint the first stage starts from (e.g. a VILA stage-3 checkpoint); later stages start from "
+        "the checkpoint the previous stage committed (recorded in status.stages[].checkpoint).",
+        default=None,
+        max_length=1024,
+        rules=(MODEL_RULE,),
+    )
+
+
+@api_object
+class SequenceParallel:
+    """The MM-SP layout: sp = ulysses × ring ranks share one sequence."""
+
+    ulysses: int = prop(
+        "Ulysses (all-to-all) degree. Ulysses groups are U consecutive ranks, so U must divide gpusPerNode "
+        "and each all-to-all stays inside one node.",
+        default=1,
+        minimum=1,
+        maximum=16,
+    )
+    ring: int = prop(
+        "Ring-attention degree. Ring neighbours are U ranks apart, so across nodes they are consecutive "
+        "node ranks, which placement keeps inside one InfiniBand domain where it can.",
+        default=1,
+        minimum=1,
+        maximum=1024,
+    )
+    size: int | None = prop(
+        "Optional cross-check: the sequence-parallel size, which must equal ulysses × ring.",
+        default=None,
+        minimum=1,
+        maximum=16384,
+    )
+    layout: str = prop(
+        "Token layout over the ring: zigzag balances causal attention; contiguous is plain sharding.",
+        default="zigzag",
+        enum=LAYOUTS,
+        max_length=16,
+    )
+
+    RULES: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            rule="!has(self.size) || self.size == self.ulysses * self.ring",
+            message="size must equal ulysses × ring (or be left out)",
+            check=lambda s: s.size is None or s.size == s.ulysses * s.ring,
+            field_path=".size",
+        ),
+    )
+
+
+@api_object
+class Toleration:
+    """A pod toleration (core/v1 shape), so the workers can run on tainted GPU nodes."""
+
+    key: str = prop(
+        "Taint key; empty with operator Exists tolerates every taint.", default="", max_length=317
+    )
+    operator: str = prop("Equal or Exists.", default="Equal", enum=("Equal", "Exists"), max_length=8)
+    value: str = prop("Taint value (Equal only).", default="", max_length=63)
+    effect: str = prop(
+        "Taint effect; empty tolerates all effects.",
+        default="",
+        enum=("", "NoSchedule", "PreferNoSchedule", "NoExecute"),
+        max_length=16,
+    )
+    toleration_seconds: int | None = prop(
+        "How long a NoExecute taint is tolerated.", default=None, minimum=0, maximum=86400
+    )
+
+    RULES: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            rule="self.operator != 'Exists' || self.value == ''",
+            message="a toleration with operator Exists must not set value",
+            check=lambda t: t.operator != "Exists" or t.value == "",
+            field_path=".value",
+        ),
+        Rule(
+            rule="self.key != '' || self.operator == 'Exists'",
+            message="a toleration with an empty key must use operator Exists",
+            check=lambda t: t.key != "" or t.operator == "Exists",
+            field_path=".operator",
+        ),
+    )
+
+
+@api_object
+class Topology:
+    """How many nodes, and how ranks map onto them."""
+
+    nodes: int = prop("Worker nodes (one pod per node).", minimum=1, maximum=1024)
+    gpus_per_node: int = prop("GPUs requested per node (nvidia.com/gpu).", minimum=1, maximum=16)
+    sequence_parallel: SequenceParallel = prop("Sequence-parallel layout.", factory=SequenceParallel)
+    domain_label: str = prop(
+        "Node label naming the InfiniBand domain; empty = auto-detect (nvidia.com/gpu.clique, "
+        "fabric.topograph.run/tier-N, network.topology.nvidia.com/*, cloud.google.com/gce-topology-block, "
+        "topology.kubernetes.io/zone, kubernetes.io/hostname, in that order).",
+        default="",
+        max_length=317,
+    )
+    node_selector: dict[str, str] = prop(
+        "Labels a node must carry to be used.", factory=dict, max_properties=32, value_max_length=63
+    )
+    tolerations: tuple[Toleration, ...] = prop("Taints the workers tolerate.", factory=tuple, max_items=32)
+    rdma_resource: str = prop(
+        "Extended resource for the InfiniBand HCAs (e.g. rdma/ib, nvidia.com/hostdev); empty = none.",
+        default="",
+        max_length=317,
+    )
+    rdma_per_node: int = prop(
+        "How many rdmaResource units each pod requests.", default=1, minimum=1, maximum=64
+    )
+
+    RULES: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            rule="self.gpusPerNode % self.sequenceParallel.ulysses == 0",
+            message="sequenceParallel.ulysses must divide gpusPerNode (e.g. 1, 2, 4 or 8 on 8-GPU nodes), "
+            "so every "
+            "Ulysses all-to-all stays inside one node",
+            check=lambda t: t.gpus_per_node % t.sequence_parallel.ulysses == 0,
+            field_path=".sequenceParallel.ulysses",
+        ),
+        Rule(
+            rule="(self.nodes * self.gpusPerNode)"
+            " % (self.sequenceParallel.ulysses * self.sequenceParallel.ring) == 0",
+            message="nodes × gpusPerNode (the world size) must be divisible by "
+            "sequenceParallel.ulysses × sequenceParallel.ring (the sequence-parallel size)",
+            check=lambda t: (
+                (t.nodes * t.gpus_per_node) % (t.sequence_parallel.ulysses * t.sequence_parallel.ring) == 0
+            ),
+        ),
+        Rule(
+            rule="self.rdmaResource == '' || self.rdmaResource.matches('" + RESOURCE_NAME + "')",
+            message="rdmaResource must be empty or an extended resource name such as rdma/ib",
+            check=lambda t: t.rdma_resource == "" or re.fullmatch(RESOURCE_NAME, t.rdma_resource) is not None,
+            field_path=".rdmaResource",
+        ),
+        Rule(
+            rule="self.domainLabel == '' || self.domainLabel.matches('" + LABEL_KEY + "')",
+            message="domainLabel must be empty (auto-detect) or a node label key "
+            "such as nvidia.com/gpu.clique",
+            check=lambda t: t.domain_label == "" or re.fullmatch(LABEL_KEY, t.domain_label) is not None,
+            field_path=".domainLabel",
+        ),
+    )
+
+
+@api_object
+class Checkpoint:
+    """Where stages write checkpoints: <uri>/<stage name>/, read by the next stage."""
+
+    uri: str = prop("S3 prefix for this job's checkpoints.", max_length=1024, rules=(S3_RULE,))
+    every_steps: int = prop(
+        "Save a checkpoint every N optimizer steps.", default=200, minimum=1, maximum=1000000
+    )
+    keep: int = prop("How many complete checkpoints to keep per stage.", default=3, minimum=1, maximum=100)
+    credentials_secret: str | None = prop(
+        "Secret with keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (optional AWS_SESSION_TOKEN), passed "
+        "to the workers by secretKeyRef only; leave out to use the node's or pod's own identity.",
+        default=None,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+    )
+    endpoint: str = prop(
+        "S3-compatible endpoint URL (MinIO, versitygw…); empty = AWS.",
+        default="",
+        max_length=512,
+        rules=(ENDPOINT_RULE,),
+    )
+
+
+@api_object
+class Stage:
+    """One step of the pipeline; stages run in order, each from the previous one's checkpoint."""
+
+    name: str = prop(
+        "Unique name (a DNS label); used in child object names.", max_length=32, pattern=DNS_LABEL
+    )
+    type: str = prop("What this stage trains (the LongVILA pipeline).", enum=STAGE_TYPES, max_length=32)
+    data: str = prop("Training data.", max_length=1024, rules=(DATA_RULE,))
+    max_steps: int | None = prop(
+        "Optimizer steps; left out = one pass over the data.", default=None, minimum=1
+    )
+    context_length: int | None = prop("Tokens per sequence.", default=None, minimum=512, maximum=4194304)
+    rope_theta: float | None = prop("RoPE base for this context length.", default=None, minimum=1)
+    frames: int | None = prop("Video frames per sample.", default=None, minimum=1, maximum=8192)
+    overrides: dict[str, Any] = prop(
+        "Trainer config overrides as dotted keys, e.g. {optim.lr: 2.0e-5}; keys the spec sets (model.*, "
+        "data.*, train.max_steps …) are refused.",
+        factory=dict,
+        max_properties=64,
+    )
+
+    RULES: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            rule="self.type != 'context-extension' || (has(self.contextLength) && has(self.ropeTheta))",
+            message="a context-extension stage needs contextLength and ropeTheta "
+            "(the RoPE base for the new length)",
+            check=lambda s: (
+                s.type != "context-extension" or (s.context_length is not None and s.rope_theta is not None)
+            ),
+        ),
+        Rule(
+            rule="self.type != 'context-extension' || !has(self.frames)",
+            message="a context-extension stage is text-only: remove frames",
+            check=lambda s: s.type != "context-extension" or s.frames is None,
+            field_path=".frames",
+        ),
+        Rule(
+            rule="self.type != 'long-video-sft' || has(self.frames)",
+            message="a long-video-sft stage needs frames (video frames per sample, e.g. 256)",
+            check=lambda s: s.type != "long-video-sft" or s.frames is not None,
+        ),
+    )
+
+
+@api_object
+class FailurePolicy:
+    """What happens when a worker or a node fails."""
+
+    max_restarts: int = prop(
+        "Gang restarts allowed per job before it fails.", default=3, minimum=0, maximum=1000
+    )
+    node_failure: str = prop(
+        "On node loss: replace the lost pods (spare node, same domain first), shrink to fewer nodes keeping "
+        "the SP layout (data parallelism shrinks), or fail.",
+        default="replace",
+        enum=NODE_FAILURE_POLICIES,
+        max_length=16,
+    )
+    min_nodes: int | None = prop(
+        "Smallest node count a shrink may reach; default: what the SP layout needs.", default=None, minimum=1
+    )
+    worker_restarts: int = prop(
+        "torchrun's in-place restarts of a pod's workers (PET_MAX_RESTARTS) before the pod fails.",
+        default=0,
+        minimum=0,
+        maximum=10,
+    )
+
+
+@api_object
+class Scheduling:
+    """Gang scheduling."""
+
+    gang_timeout_seconds: int = prop(
+        "If not every pod of a stage is scheduled within this time, the job reports the scheduler's reason.",
+        default=300,
+        minimum=10,
+        maximum=86400,
+    )
+    priority_class_name: str | None = prop("PriorityClass of the workers.", default=None, max_length=253)
+
+
+@api_object
+class Resources:
+    """Per-pod CPU, memory and shared memory (GPUs come from topology.gpusPerNode)."""
+
+    cpu: str | None = prop(
+        "CPU request and limit per pod.", default=None, max_length=32, rules=(QUANTITY_RULE,)
+    )
+    memory: str | None = prop(
+        "Memory request and limit per pod.", default=None, max_length=32, rules=(QUANTITY_RULE,)
+    )
+    shared_memory: str = prop(
+        "Size of /dev/shm (a memory-backed emptyDir; counts against memory).",
+        default="64Gi",
+        max_length=32,
+        rules=(QUANTITY_RULE,),
+    )
+
+
+@api_object
+class SecretKeyRef:
+    name: str = prop("Secret name.", max_length=253, pattern=DNS_SUBDOMAIN)
+    key: str = prop("Key in the Secret.", max_length=253)
+
+
+@api_object
+class EnvVar:
+    """An extra environment variable for the trainer: a plain value or a Secret reference."""
+
+    name: str = prop("Variable name.", max_length=128, pattern=ENV_NAME)
+    value: str | None = prop("Plain value.", default=None, max_length=4096)
+    secret_key_ref: SecretKeyRef | None = prop("Take the value from a Secret.", default=None)
+
+    RULES: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            rule="!self.name.startsWith('PET_') && !self.name.startsWith('LONGVILA_') "
+            "&& !self.name.startsWith('TORCHELASTIC_')",
+            message="names starting with PET_, LONGVILA_ or TORCHELASTIC_ are set by the operator "
+            "(the env contract)",
+            check=lambda e: not e.name.startswith(RESERVED_ENV_PREFIXES),
+            field_path=".name",
+        ),
+        Rule(
+            rule="has(self.value) != has(self.secretKeyRef)",
+            message="set exactly one of value and secretKeyRef",
+            check=lambda e: (e.value is None) != (e.secret_key_ref is None),
+        ),
+    )
+
+
+@api_object
+class JobSpec:
+    """A LongVILA MM-SP training pipeline on a set of GPU nodes."""
+
+    image: str = prop("Trainer image.", min_length=1, max_length=512)
+    image_pull_policy: str = prop(
+        "Pull policy of the trainer image.",
+        default="IfNotPresent",
+        enum=("Always", "IfNotPresent", "Never"),
+        max_length=16,
+    )
+    model: ModelSpec = prop("Model weights.")
+    topology: Topology = prop("Nodes and the parallel layout.")
+    checkpoint: Checkpoint = prop("Checkpoint storage.")
+    stages: tuple[Stage, ...] = prop(
+        "Pipeline stages, run in order.", min_items=1, max_items=16, list_map_keys=("name",)
+    )
+    failure_policy: FailurePolicy = prop("Failure handling.", factory=FailurePolicy)
+    scheduling: Scheduling = prop("Gang scheduling.", factory=Scheduling)
+    suspend: bool = prop("Suspended jobs have no pods; resuming restarts the current stage.", default=False)
+    ttl_seconds_after_finished: int | None = prop(
+        "Delete the job this long after it succeeds or fails.", default=None, minimum=0, maximum=31536000
+    )
+    resources: Resources = prop("Per-pod resources besides GPUs.", factory=Resources)
+    env: tuple[EnvVar, ...] = prop(
+        "Extra trainer environment.", factory=tuple, max_items=64, list_map_keys=("name",)
+    )
+
+    RULES: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            rule="!has(self.failurePolicy.minNodes) || self.failurePolicy.minNodes <= self.topology.nodes",
+            message="failurePolicy.minNodes must not exceed topology.nodes",
+            check=lambda s: (
+                s.failure_policy.min_nodes is None or s.failure_policy.min_nodes <= s.topology.nodes
+            ),
+            field_path=".failurePolicy.minNodes",
+        ),
+        Rule(
+            rule="!has(self.failurePolicy.minNodes)"
+            " || (self.failurePolicy.minNodes * self.topology.gpusPerNode)"
+            " % (self.topology.sequenceParallel.ulysses * self.topology.sequenceParallel.ring) == 0",
+            message="failurePolicy.minNodes × topology.gpusPerNode must be divisible by the "
+            "sequence-parallel size "
+            "(a shrink keeps the SP layout)",
+            check=lambda s: (
+                s.failure_policy.min_nodes is None
+                or (s.failure_policy.min_nodes * s.topology.gpus_per_node)
+                % (s.topology.sequence_parallel.ulysses * s.topology.sequence_parallel.ring)
+                == 0
+            ),
+            field_path=".failurePolicy.minNodes",
+        ),
+    )
+
+
+@api_object
+class Condition:
+    """metav1.Condition."""
+
+    type: str = prop(
+        "Condition type, e.g. Running, Succeeded, Failed, Suspended, Unschedulable.", max_length=316
+    )
+    status: str = prop("True, False or Unknown.", enum=("True", "False", "Unknown"), max_length=8)
+    observed_generation: int | None = prop(
+        "spec generation this condition was set for.", default=None, minimum=0
+    )
+    last_transition_time: str = prop("When status last changed.", format="date-time", max_length=64)
+    reason: str = prop(
+        "CamelCase reason.", max_length=1024, pattern="^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
+    )
+    message: str = prop("Human-readable detail.", max_length=32768)
+
+
+@api_object
+class StageStatus:
+    name: str = prop("Stage name.", max_length=32)
+    phase: str = prop("Stage phase.", enum=STAGE_PHASES, max_length=16)
+    start_time: str | None = prop(
+        "When the stage's pods were created.", default=None, format="date-time", max_length=64
+    )
+    completion_time: str | None = prop("When it finished.", default=None, format="date-time", max_length=64)
+    checkpoint: str | None = prop("The checkpoint this stage committed.", default=None, max_length=1024)
+    restarts: int = prop("Gang restarts of this stage.", default=0, minimum=0)
+
+
+@api_object
+class PlacedNodeStatus:
+    name: str = prop("Node name.", max_length=253)
+    node_rank: int = prop("Node rank (ring order).", minimum=0)
+    domain: str = prop("InfiniBand domain.", max_length=253)
+
+
+@api_object
+class PlacementStatus:
+    domain_label: str = prop("The label the domains were read from.", max_length=317)
+    nodes: tuple[PlacedNodeStatus, ...] = prop("Nodes in ring order.", factory=tuple, max_items=1024)
+    domains_spanned: int = prop("Distinct domains used.", minimum=0)
+
+
+@api_object
+class JobStatus:
+    """Observed state, written by the operator through the status subresource."""
+
+    phase: str | None = prop("Job phase.", default=None, enum=PHASES, max_length=16)
+    stage: str | None = prop("Current (or last) stage.", default=None, max_length=32)
+    stages: tuple[StageStatus, ...] = prop(
+        "Per-stage progress.", factory=tuple, max_items=16, list_map_keys=("name",)
+    )
+    placement: PlacementStatus | None = prop("Where the current stage runs.", default=None)
+    restarts: int = prop("Gang restarts so far (all stages).", default=0, minimum=0)
+    conditions: tuple[Condition, ...] = prop(
+        "Standard conditions.", factory=tuple, max_items=32, list_map_keys=("type",)
+    )
+    observed_generation: int | None = prop("Last spec generation acted on.", default=None, minimum=0)

@@ -1,0 +1,62 @@
+"""The LongVILAJob CustomResourceDefinition, rendered from the API types (one source of truth).
+
+The committed copy (operator/config/crd/) must equal `render()`; tests/unit/test_crd_drift.py
+fails otherwise and prints REGENERATE.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from .api import GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION
+from .api.schema import root_schema
+
+COMMITTED_PATH = "operator/config/crd/longvila.io_longvilajobs.yaml"
+REGENERATE = f".venv/bin/longvila crd > {COMMITTED_PATH}"
+HEADER = (
+    "# Generated from operator/longvila_operator/api/types.py by `longvila crd`; do not edit.\n"
+    f"# Regenerate: {REGENERATE}\n"
+)
+
+PRINTER_COLUMNS = [
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Job phase"},
+    {"name": "Stage", "type": "string", "jsonPath": ".status.stage", "description": "Current stage"},
+    {"name": "Nodes", "type": "integer", "jsonPath": ".spec.topology.nodes", "description": "Worker nodes"},
+    {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts", "description": "Gang restarts"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+def crd() -> dict[str, Any]:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{PLURAL}.{GROUP}"},
+        "spec": {
+            "group": GROUP,
+            "names": {
+                "kind": KIND,
+                "listKind": f"{KIND}List",
+                "plural": PLURAL,
+                "singular": SINGULAR,
+                "shortNames": list(SHORT_NAMES),
+            },
+            "scope": "Namespaced",
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "schema": {"openAPIV3Schema": root_schema()},
+                }
+            ],
+        },
+    }
+
+
+def render() -> str:
+    return HEADER + yaml.safe_dump(crd(), sort_keys=False, allow_unicode=True, width=120)

@@ -1,0 +1,134 @@
+"""`validate(spec) -> list[str]`: what the API server checks, plus what CEL cannot say.
+
+The first part mirrors the CRD (schema facts and the Python side of each CEL rule, see
+api/manifest.py), so the CLI, which reads files that never met an API server, refuses
+the same specs. The second part is checked only here, and the operator reports it as a
+condition and an Event instead of creating pods: image references, trainer-config
+override keys against the keys the spec owns, context extension that must grow stage
+after stage, /dev/shm that must fit in the memory limit, env names the operator sets.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from longvila_trainer import env_contract as contract
+
+from .api import API_VERSION, KIND
+from .api.manifest import InvalidJob, Job, load_spec, name_errors
+from .api.types import JobSpec
+from .trainer_config import owner_of, render
+
+IMAGE = re.compile(
+    r"^([A-Za-z0-9.-]+(:[0-9]+)?/)?[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*(/[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*)*"
+    r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$"
+)
+DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*([.][A-Za-z_][A-Za-z0-9_]*)*$")
+UNITS = {"": 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15}
+UNITS |= {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50}
+
+
+def quantity(text: str) -> float:
+    m = re.fullmatch(r"([0-9]+(?:[.][0-9]+)?)([A-Za-z]*)", text)
+    if not m or m.group(2) not in UNITS:
+        raise ValueError(f"not a quantity: {text!r}")
+    return float(m.group(1)) * UNITS[m.group(2)]
+
+
+def validate(spec: Mapping[str, Any]) -> list[str]:
+    """Every problem with a LongVILAJob spec, one line each, naming the field; [] when valid."""
+    typed, errors = load_spec(spec)
+    return errors if typed is None else semantic_errors(typed)
+
+
+def semantic_errors(spec: JobSpec) -> list[str]:
+    errs: list[str] = []
+    if not IMAGE.match(spec.image):
+        errs.append(
+            f'spec.image: Invalid value: "{spec.image}": not an image reference '
+            "([registry[:port]/]name[:tag][@sha256:digest], lower-case name)"
+        )
+    for i, stage in enumerate(spec.stages):
+        at = f"spec.stages[{i}].overrides"
+        for key in sorted(stage.overrides):
+            owner = owner_of(key)
+            if not DOTTED.match(key):
+                errs.append(f'{at}: Invalid value: "{key}": keys are dotted identifiers such as optim.lr')
+            elif owner:
+                errs.append(f'{at}: Invalid value: "{key}": set by the spec; change spec.{owner} instead')
+        if not any(e.startswith(at) for e in errs):
+            try:
+                render(spec, stage)
+            except ValueError as err:
+                errs.append(f"{at}: Invalid value: {err}")
+    errs += extension_errors(spec)
+    if spec.resources.memory and quantity(spec.resources.shared_memory) > quantity(spec.resources.memory):
+        errs.append(
+            f'spec.resources.sharedMemory: Invalid value: "{spec.resources.shared_memory}": /dev/shm is '
+            f"memory-backed and counts against resources.memory ({spec.resources.memory}); make it smaller"
+        )
+    owned = {contract.S3_ENDPOINT: "spec.checkpoint.endpoint"} if spec.checkpoint.endpoint else {}
+    if spec.checkpoint.credentials_secret:
+        keys = contract.S3_CREDENTIAL_KEYS + contract.S3_OPTIONAL_KEYS
+        owned |= dict.fromkeys(keys, "spec.checkpoint.credentialsSecret")
+    for i, var in enumerate(spec.env):
+        if var.name in owned:
+            errs.append(
+                f'spec.env[{i}].name: Invalid value: "{var.name}": set by the operator from {owned[var.name]}'
+            )
+    return errs
+
+
+def extension_errors(spec: JobSpec) -> list[str]:
+    """Context extension grows the context (and the RoPE base) stage after stage (LongVILA §3.4)."""
+    errs, prev = [], None
+    for i, stage in enumerate(spec.stages):
+        if stage.type != "context-extension":
+            continue
+        if prev is not None:
+            j, before = prev
+            if (stage.context_length or 0) <= (before.context_length or 0):
+                errs.append(
+                    f"spec.stages[{i}].contextLength: Invalid value: {stage.context_length}: "
+                    "context-extension "
+                    f"stages must grow the context; spec.stages[{j}] already reaches {before.context_length}"
+                )
+            if (stage.rope_theta or 0) < (before.rope_theta or 0):
+                errs.append(
+                    f"spec.stages[{i}].ropeTheta: Invalid value: {stage.rope_theta}: must not be below "
+                    f"spec.stages[{j}].ropeTheta ({before.rope_theta})"
+                )
+        prev = (i, stage)
+    return errs
+
+
+def load_job(manifest: Mapping[str, Any]) -> Job:
+    """A LongVILAJob manifest as a Job; raises InvalidJob listing every problem."""
+    errs = []
+    if manifest.get("apiVersion") != API_VERSION or manifest.get("kind") != KIND:
+        errs.append(
+            f"not a {KIND}: apiVersion must be {API_VERSION} and kind {KIND}, "
+            f"got {manifest.get('apiVersion')!r} / {manifest.get('kind')!r}"
+        )
+    meta = manifest.get("metadata") or {}
+    name = str(meta.get("name", ""))
+    if not name:
+        errs.append("metadata.name: Required value")
+    errs += name_errors(name)
+    spec = manifest.get("spec")
+    if not isinstance(spec, Mapping):
+        raise InvalidJob([*errs, "spec: Required value"])
+    errs += validate(spec)
+    if errs:
+        raise InvalidJob(errs)
+    typed, _ = load_spec(spec)
+    assert typed is not None
+    return Job(
+        name=name,
+        namespace=str(meta.get("namespace") or "default"),
+        uid=str(meta.get("uid") or ""),
+        spec=typed,
+        generation=int(meta.get("generation") or 0),
+    )
