@@ -107,6 +107,7 @@ class LongVILA(nn.Module):
         # Stage 1: this rank's frames only; counts measured, then shared.
         mine = split_frames(n_frames, sp)[sp_rank]
         encoded, counts = self.encode(batch.frames[mine.start : mine.stop])  # [n_local, D]
+        idle = self._idle_vision(batch) if mine.start == mine.stop else None
         frame_tokens = gather_frame_tokens(counts, n_frames, sp, groups.sp)
 
         # The global sequence, in metadata, identical on every rank.
@@ -132,7 +133,23 @@ class LongVILA(nn.Module):
         )
         logits = out.logits[0]  # [n_keep, V]
         n_targets = global_target_count(count_targets(targets), groups)
-        return LossParts(loss_sum(logits, local_targets[keep]), n_targets, int(keep.numel()))
+        total = loss_sum(logits, local_targets[keep])
+        if idle is not None:
+            total = total + idle
+        return LossParts(total, n_targets, int(keep.numel()))
+
+    def _idle_vision(self, batch: PackedBatch) -> torch.Tensor | None:
+        """A rank without frames still runs the tower and projector once, on a zero frame,
+        and adds 0 × its output to the loss (an exact zero, in the graph).
+
+        With more ranks than frames some ranks encode nothing; under FSDP every rank must
+        run the same sharded modules forward and backward (their all-gathers and
+        reduce-scatters are collectives), or the others wait forever.
+        """
+        if not batch.frames:
+            return None
+        dummy, _ = self.encode([torch.zeros_like(batch.frames[0])])
+        return (dummy * 0.0).sum()
 
 
 def build_longvila(preset: ModelPreset, seed: int = 0, attn_implementation: str | None = None) -> LongVILA:
