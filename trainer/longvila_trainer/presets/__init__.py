@@ -1,0 +1,1 @@
+"""Trainer config presets as data files (*.yaml), read by longvila_trainer.config."""
