@@ -55,14 +55,16 @@ def semantic_errors(spec: JobSpec) -> list[str]:
         for key in sorted(stage.overrides):
             owner = owner_of(key)
             if not DOTTED.match(key):
-                errs.append(f'{at}: Invalid value: "{key}": keys are dotted identifiers such as optim.lr')
+                errs.append(f'{at}: Invalid value: "{key}": keys are dotted identifiers such as train.lr')
             elif owner:
                 errs.append(f'{at}: Invalid value: "{key}": set by the spec; change spec.{owner} instead')
         if not any(e.startswith(at) for e in errs):
             try:
-                render(spec, stage)
+                rendered = render(spec, stage)
             except ValueError as err:
                 errs.append(f"{at}: Invalid value: {err}")
+            else:
+                errs += trainer_config_errors(at, stage.type, rendered)
     errs += extension_errors(spec)
     if spec.resources.memory and quantity(spec.resources.shared_memory) > quantity(spec.resources.memory):
         errs.append(
@@ -132,3 +134,19 @@ def load_job(manifest: Mapping[str, Any]) -> Job:
         spec=typed,
         generation=int(meta.get("generation") or 0),
     )
+
+
+def trainer_config_errors(at: str, stage_type: str, rendered: dict[str, Any]) -> list[str]:
+    """The stage's rendered config, over its stage preset, must load in the trainer.
+
+    The trainer owns its config schema (longvila_trainer.config, pure, no torch); checking
+    here turns a typo in an override (say optim.lr for train.lr) into a rejected job, not
+    a crash-looping pod.
+    """
+    from longvila_trainer.config import ConfigError, from_dict, merge, preset_tree
+
+    try:
+        from_dict(merge(preset_tree(stage_type), rendered))
+    except ConfigError as err:
+        return [f"{at}: Invalid value: the trainer rejects the stage config: {err}"]
+    return []

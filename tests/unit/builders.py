@@ -96,7 +96,7 @@ BASE_JOB: dict[str, Any] = {
                 "type": "long-video-sft",
                 "frames": 256,
                 "data": "s3://data/long-video",
-                "overrides": {"optim.lr": 2e-5},
+                "overrides": {"train.lr": 2e-5},
             },
         ],
     },

@@ -283,3 +283,15 @@ def test_valid_spec_has_no_errors_and_validate_does_not_mutate() -> None:
     assert spec == BASE_JOB["spec"]
     typed, errors = load_spec(spec)
     assert errors == [] and typed is not None and typed.topology.sequence_parallel.layout == "zigzag"
+
+
+def test_an_override_the_trainer_would_reject_is_refused_by_the_operator() -> None:
+    from longvila_operator.validation import validate
+
+    spec = spec_with(
+        stages=[{"name": "s", "type": "short-sft", "data": "s3://data/x", "overrides": {"optim.lr": 2e-5}}]
+    )
+    errors = validate(spec)
+    assert any("spec.stages[0].overrides" in e and "optim: unknown field" in e for e in errors), errors
+    spec["stages"][0]["overrides"] = {"train.lr": 2e-5}
+    assert validate(spec) == []

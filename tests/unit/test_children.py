@@ -194,9 +194,8 @@ def test_config_map_holds_the_stage_config_and_is_mounted_where_the_env_says() -
     assert config == {
         "model": {"llm": "s3://models/qwen2-7b", "vision_tower": "s3://models/siglip"},
         "data": {"uri": "s3://data/long-video"},
-        "train": {"frames": 256},
+        "train": {"frames": 256, "lr": 2e-5},
         "checkpoint": {"every_steps": 200, "keep": 3},
-        "optim": {"lr": 2e-5},
     }
     pod = children.pod(job, stage, placement, 0, attempt=0)
     volume = next(v for v in pod["spec"]["volumes"] if v["name"] == "config")

@@ -110,7 +110,7 @@ def test_demo_job_stages_load(tmp_path: Path) -> None:
 
 
 def test_operator_example_override_key_is_refused_by_name(tmp_path: Path) -> None:
-    # builders.BASE_JOB uses {optim.lr: …}; the trainer's learning rate is train.lr.
+    # A job once used {optim.lr: …}; the trainer's learning rate is train.lr.
     with pytest.raises(
         ConfigError, match=r"^optim: unknown field; allowed: model, data, train, checkpoint, stage$"
     ):

@@ -340,8 +340,8 @@ class Stage:
     rope_theta: float | None = prop("RoPE base for this context length.", default=None, minimum=1)
     frames: int | None = prop("Video frames per sample.", default=None, minimum=1, maximum=8192)
     overrides: dict[str, Any] = prop(
-        "Trainer config overrides as dotted keys, e.g. {optim.lr: 2.0e-5}; keys the spec sets (model.*, "
-        "data.*, train.max_steps …) are refused.",
+        "Trainer config overrides as dotted keys, e.g. {train.lr: 2.0e-5}; keys the spec sets (model.llm, "
+        "data.uri, train.max_steps …) are refused.",
         factory=dict,
         max_properties=64,
     )
