@@ -45,3 +45,15 @@ def cluster_env(local_cluster: object) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Only versitygw (no Kubernetes), on a free loopback port, with one bucket.
+
+    Yields endpoint, access_key, secret_key and bucket; the process dies with pytest.
+    """
+    from longvila_localcluster.s3 import private_s3
+
+    with private_s3(tmp_path_factory.mktemp("s3server")) as server:
+        yield server.as_dict()

@@ -12,7 +12,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import ssl
 import subprocess
 import time
@@ -24,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from .nodes import KWOK_ANNOTATION, KWOK_ANNOTATION_VALUE, NodeSpec, fleet
+from .probes import free_ports, wait_for
 from .processes import Supervisor
+from .s3 import start_versitygw
 
 STAGES_FILE = Path(__file__).resolve().parent / "stages" / "kwok-stages.yaml"
 S3_SECRET_NAME = "longvila-s3"
@@ -69,32 +70,6 @@ class ClusterInfo:
     @staticmethod
     def load(run_dir: Path) -> ClusterInfo:
         return ClusterInfo(**json.loads((run_dir / "cluster.json").read_text()))
-
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float, alive: Callable[[], None]) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        alive()
-        try:
-            if check():
-                return
-        except (OSError, urllib.error.URLError, ssl.SSLError):
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -300,24 +275,19 @@ class LocalCluster:
                 str(STAGES_FILE),
             ],
         )
-        access, secret = "lv" + secrets.token_hex(8), secrets.token_hex(20)
-        (d / "s3").mkdir()
         progress(f"starting versitygw (S3) on 127.0.0.1:{s3}")
-        self.sup.start(
-            "versitygw",
-            [str(self.bin["versitygw"]), "--port", f"127.0.0.1:{s3}", "posix", str(d / "s3")],
-            env=dict(os.environ, ROOT_ACCESS_KEY=access, ROOT_SECRET_KEY=secret),
-        )
+        store = start_versitygw(self.sup, self.bin["versitygw"], d / "s3", s3, "longvila")
+        access, secret = store.access_key, store.secret_key
 
         info = ClusterInfo(
             run_dir=str(d),
             kubeconfig=str(kubeconfig),
             server=server,
             token=token,
-            s3_endpoint=f"http://127.0.0.1:{s3}",
+            s3_endpoint=store.endpoint,
             s3_access_key=access,
             s3_secret_key=secret,
-            s3_bucket="longvila",
+            s3_bucket=store.bucket,
             bin_path=sorted({str(p.parent) for p in self.bin.values()}),
             nodes=[spec.name(i) for i in range(spec.nodes)],
             domain_label=spec.domain_label,
@@ -337,7 +307,6 @@ class LocalCluster:
             60,
             alive,
         )
-        self._make_bucket(info, alive)
         core.create_namespaced_secret(
             "default",
             {
@@ -375,28 +344,6 @@ class LocalCluster:
                 if c.type == "Ready" and c.status == "True":
                     n += 1
         return n
-
-    @staticmethod
-    def _make_bucket(info: ClusterInfo, alive: Callable[[], None]) -> None:
-        import boto3
-        import botocore.exceptions
-
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=info.s3_endpoint,
-            aws_access_key_id=info.s3_access_key,
-            aws_secret_access_key=info.s3_secret_key,
-            region_name="us-east-1",
-        )
-
-        def create() -> bool:
-            try:
-                s3.create_bucket(Bucket=info.s3_bucket)
-            except botocore.exceptions.EndpointConnectionError:
-                return False
-            return True
-
-        wait_for("the S3 server", create, 30, alive)
 
 
 FAILED_HOLDER = "longvila-cluster/failed-node"

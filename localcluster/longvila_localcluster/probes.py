@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import socket
+import ssl
 import time
+import urllib.error
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -51,3 +54,29 @@ def unschedulable_reason(pod: Any) -> str | None:
         if c.type == "PodScheduled" and c.status == "False":
             return f"{c.reason}: {c.message}"
     return None
+
+
+def free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float, alive: Callable[[], None]) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive()
+        try:
+            if check():
+                return
+        except (OSError, urllib.error.URLError, ssl.SSLError):
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")

@@ -1,0 +1,71 @@
+"""The S3 server (versitygw) of the local cluster, also started alone by tests and benchmarks."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .probes import free_ports, wait_for
+from .processes import Supervisor
+
+
+@dataclass(frozen=True)
+class S3Server:
+    endpoint: str
+    access_key: str
+    secret_key: str
+    bucket: str
+
+    def as_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def start_versitygw(sup: Supervisor, binary: Path, data_dir: Path, port: int, bucket: str) -> S3Server:
+    """Starts versitygw (posix backend) on 127.0.0.1:port with fresh credentials and makes `bucket`."""
+    import boto3
+    import botocore.exceptions
+
+    access, secret = "lv" + secrets.token_hex(8), secrets.token_hex(20)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    sup.start(
+        "versitygw",
+        [str(binary), "--port", f"127.0.0.1:{port}", "posix", str(data_dir)],
+        env=dict(os.environ, ROOT_ACCESS_KEY=access, ROOT_SECRET_KEY=secret),
+    )
+    server = S3Server(f"http://127.0.0.1:{port}", access, secret, bucket)
+    client = boto3.client(
+        "s3",
+        endpoint_url=server.endpoint,
+        aws_access_key_id=access,
+        aws_secret_access_key=secret,
+        region_name="us-east-1",
+    )
+
+    def create() -> bool:
+        try:
+            client.create_bucket(Bucket=bucket)
+        except botocore.exceptions.EndpointConnectionError:
+            return False
+        return True
+
+    wait_for("the S3 server", create, 30, sup.check_alive)
+    return server
+
+
+@contextmanager
+def private_s3(run_dir: Path, bucket: str = "longvila") -> Iterator[S3Server]:
+    """versitygw alone in run_dir, stopped on exit (and with its owner, even on SIGKILL)."""
+    from .build import ensure_all
+    from .versions import load_versions
+
+    binary = ensure_all(load_versions())["versitygw"]
+    sup = Supervisor(run_dir, die_with_parent=True)
+    (port,) = free_ports(1)
+    try:
+        yield start_versitygw(sup, binary, run_dir / "data", port, bucket)
+    finally:
+        sup.stop_recorded()

@@ -1,0 +1,180 @@
+"""THE checkpoint layout contract: where each file of a checkpoint lives, and the manifest.
+
+Pure (no I/O, no torch). The writer (store.py) and the reader (store.py, the operator, tools)
+go through these functions only; tests/unit/test_checkpoint_layout.py holds both sides.
+docs/checkpoints.md describes the same layout for people.
+
+    <uri>/step-<NNNNNNNN>/dcp/.metadata           torch.distributed.checkpoint metadata (rank 0)
+    <uri>/step-<NNNNNNNN>/dcp/__<rank>_0.distcp   each rank's shard of the global state
+    <uri>/step-<NNNNNNNN>/rank/rank-<RRRRR>.pt    each rank's own state (RNG, …), torch.save
+    <uri>/step-<NNNNNNNN>/manifest.json           written LAST: every file with size + sha256
+    <uri>/final.json                              {"step": N}: the stage's committed checkpoint
+
+A step directory without a valid manifest, or whose files do not match it, is incomplete
+and is never loaded (a crash mid-write leaves exactly that).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+FORMAT = "longvila-checkpoint/1"
+MANIFEST = "manifest.json"
+FINAL = "final.json"
+DCP_DIR = "dcp"
+DCP_METADATA = f"{DCP_DIR}/.metadata"
+RANK_DIR = "rank"
+_STEP_DIR = re.compile(r"^step-([0-9]{8})$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class ManifestError(ValueError):
+    """A manifest that is not valid JSON of this format; the message says which field."""
+
+
+def step_dir(step: int) -> str:
+    if not isinstance(step, int) or not 0 <= step < 10**8:
+        raise ValueError(f"step must be an integer in [0, 1e8), got {step!r}")
+    return f"step-{step:08d}"
+
+
+def parse_step_dir(name: str) -> int | None:
+    m = _STEP_DIR.match(name)
+    return int(m.group(1)) if m else None
+
+
+def manifest_key(step: int) -> str:
+    return f"{step_dir(step)}/{MANIFEST}"
+
+
+def dcp_shard(rank: int) -> str:
+    """DCP's FileSystemWriter names each rank's file `__<rank>_0.distcp` (single_file_per_rank)."""
+    return f"{DCP_DIR}/__{rank}_0.distcp"
+
+
+def rank_file(rank: int) -> str:
+    return f"{RANK_DIR}/rank-{rank:05d}.pt"
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str  # relative to the step directory
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    step: int
+    world_size: int
+    layout: dict[str, int]  # {"world", "ulysses", "ring", "dp"} of the run that wrote it
+    files: tuple[FileEntry, ...]
+    meta: dict[str, Any] = field(default_factory=dict)  # stage name, wall time …: informational
+
+    def to_json(self) -> str:
+        body = {
+            "format": FORMAT,
+            "step": self.step,
+            "world_size": self.world_size,
+            "layout": self.layout,
+            "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in self.files],
+            "meta": self.meta,
+        }
+        return json.dumps(body, indent=1, sort_keys=True)
+
+    @staticmethod
+    def from_json(text: str | bytes) -> Manifest:
+        try:
+            d = json.loads(text)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ManifestError(f"manifest is not JSON: {e}") from e
+        if not isinstance(d, dict):
+            raise ManifestError("manifest must be a JSON object")
+        if d.get("format") != FORMAT:
+            raise ManifestError(f"manifest format {d.get('format')!r}: expected {FORMAT!r}")
+        for name in ("step", "world_size"):
+            if not isinstance(d.get(name), int) or d[name] < 0:
+                raise ManifestError(f"manifest field {name!r} must be a non-negative integer")
+        layout = d.get("layout")
+        if not isinstance(layout, dict) or not all(isinstance(v, int) for v in layout.values()):
+            raise ManifestError("manifest field 'layout' must be an object of integers")
+        files = d.get("files")
+        if not isinstance(files, list):
+            raise ManifestError("manifest field 'files' must be a list")
+        entries = []
+        for i, f in enumerate(files):
+            ok = (
+                isinstance(f, dict)
+                and isinstance(f.get("path"), str)
+                and isinstance(f.get("size"), int)
+                and isinstance(f.get("sha256"), str)
+                and _HEX64.match(f["sha256"])
+            )
+            if not ok:
+                raise ManifestError(f"manifest files[{i}] must be {{path: str, size: int, sha256: hex64}}")
+            entries.append(FileEntry(f["path"], f["size"], f["sha256"]))
+        meta = d.get("meta", {})
+        return Manifest(
+            d["step"], d["world_size"], layout, tuple(entries), meta if isinstance(meta, dict) else {}
+        )
+
+    def problems(self, step: int, listing: Mapping[str, int]) -> list[str]:
+        """What makes this manifest unusable for `step`, given the step directory's {path: size}."""
+        p = []
+        if self.step != step:
+            p.append(f"manifest says step {self.step}, found in {step_dir(step)}")
+        paths = {f.path for f in self.files}
+        if DCP_METADATA not in paths:
+            p.append(f"manifest does not list {DCP_METADATA}")
+        for r in range(self.world_size):
+            if dcp_shard(r) not in paths:
+                p.append(f"manifest does not list {dcp_shard(r)}")
+        for f in self.files:
+            if f.path not in listing:
+                p.append(f"{f.path}: listed in the manifest but missing")
+            elif listing[f.path] != f.size:
+                p.append(f"{f.path}: {listing[f.path]} bytes, the manifest says {f.size}")
+        return p
+
+
+def group_by_step(keys: Iterable[tuple[str, int]]) -> dict[int, dict[str, int]]:
+    """Keys relative to the checkpoint root with sizes → {step: {path in step dir: size}}."""
+    out: dict[int, dict[str, int]] = {}
+    for key, size in keys:
+        head, _, rest = key.partition("/")
+        step = parse_step_dir(head)
+        if step is not None and rest:
+            out.setdefault(step, {})[rest] = size
+    return out
+
+
+def prune_plan(steps: Mapping[int, bool], keep: int, protect: Iterable[int] = ()) -> list[int]:
+    """Steps to delete, given {step: complete}: complete ones older than the newest `keep`
+    complete ones, and incomplete ones older than the newest complete one (left by a crash;
+    a newer incomplete one may be a write in progress). `protect` (the final step) stays."""
+    if keep < 1:
+        raise ValueError(f"keep must be ≥ 1, got {keep}")
+    complete = sorted((s for s, ok in steps.items() if ok), reverse=True)
+    if not complete:
+        return []
+    doomed = set(complete[keep:])
+    doomed |= {s for s, ok in steps.items() if not ok and s < complete[0]}
+    return sorted(doomed - set(protect))
+
+
+def final_json(step: int) -> str:
+    return json.dumps({"format": FORMAT, "step": step})
+
+
+def parse_final(text: str | bytes) -> int:
+    try:
+        d = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ManifestError(f"{FINAL} is not JSON: {e}") from e
+    if not isinstance(d, dict) or d.get("format") != FORMAT or not isinstance(d.get("step"), int):
+        raise ManifestError(f"{FINAL} must be {{format: {FORMAT!r}, step: int}}")
+    return int(d["step"])
