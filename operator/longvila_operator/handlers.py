@@ -1,0 +1,260 @@
+"""The kopf shell: indexes of jobs, child pods and nodes, and one reconcile loop.
+
+Handlers are registered on a registry built by `build` (nothing at import). No handler
+needs a finalizer: there is no on.delete handler (children go with the job through owner
+references) and no per-job kopf daemon or timer (kopf puts a finalizer on objects with
+either, which blocks `kubectl delete` while the operator is down). Instead on.event
+handlers only mark a job dirty, and one loop task, started at startup, reconciles dirty
+jobs one at a time (so two reconciles of one job never race), every job every
+`resync_s` (level-triggered: nothing depends on seeing a particular event), and a job
+again when its Decision asks for it (gang timeout, TTL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from .api import GROUP, PLURAL, VERSION
+from .api.manifest import InvalidJob, Job
+from .apply import Kube, Recent, carry_out
+from .children import LABEL_ATTEMPT, LABEL_JOB, LABEL_NODE_RANK, LABEL_STAGE
+from .metrics import Metrics
+from .nodes import GPU, parse_node
+from .reconcile import Observed, PodView, reconcile
+from .validation import load_job
+
+PREFIX = "longvila.io"
+Key = tuple[str, str]  # (namespace, job name)
+log = logging.getLogger("longvila.operator")
+
+
+@dataclass
+class State:
+    """Everything the handlers share, passed in (no module globals)."""
+
+    kube: Kube
+    metrics: Metrics
+    resync_s: float = 10.0
+    debounce_s: float = 0.05
+    dirty: set[Key] = field(default_factory=set)
+    due: dict[Key, float] = field(default_factory=dict)
+    latest: dict[Key, Mapping[str, Any]] = field(default_factory=dict)  # status we wrote last
+    recent: dict[Key, Recent] = field(default_factory=dict)
+    parsed: dict[Key, tuple[tuple[str, int], Job | InvalidJob]] = field(default_factory=dict)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(8, "longvila-api"))
+    task: asyncio.Task[None] | None = None
+
+    def kick(self, key: Key) -> None:
+        self.dirty.add(key)
+        self.ready.set()
+        self.wake.set()
+
+    def run(self, calls: list[Any]) -> None:
+        for f in [self.pool.submit(c) for c in calls]:
+            f.result()
+
+
+def pod_view(body: Mapping[str, Any]) -> PodView:
+    meta, spec, status = body.get("metadata", {}), body.get("spec", {}), body.get("status", {})
+    labels = meta.get("labels") or {}
+    term: Mapping[str, Any] = {}
+    for cs in status.get("containerStatuses") or []:
+        term = (cs.get("state") or {}).get("terminated") or term
+    unscheduled = ""
+    for c in status.get("conditions") or []:
+        if c.get("type") == "PodScheduled" and c.get("status") == "False":
+            unscheduled = f"{c.get('reason', '')}: {c.get('message', '')}"
+    return PodView(
+        name=meta["name"],
+        stage=labels.get(LABEL_STAGE, ""),
+        attempt=int(labels.get(LABEL_ATTEMPT, "0")),
+        node_rank=int(labels.get(LABEL_NODE_RANK, "0")),
+        node=spec.get("nodeName") or "",
+        phase=status.get("phase") or "Pending",
+        deleting=bool(meta.get("deletionTimestamp")),
+        exit_code=term.get("exitCode"),
+        reason=status.get("reason") or term.get("reason") or "",
+        unscheduled=unscheduled,
+        created=meta.get("creationTimestamp") or "",
+    )
+
+
+def gpus_of(spec: Mapping[str, Any]) -> int:
+    total = 0
+    for c in spec.get("containers") or []:
+        want = (c.get("resources") or {}).get("requests") or {}
+        total += int(str(want.get(GPU, "0")) or 0)
+    return total
+
+
+def parse(state: State, key: Key, body: Mapping[str, Any]) -> Job | InvalidJob:
+    """load_job, once per spec generation (validation is the costly part of a reconcile)."""
+    meta = body.get("metadata") or {}
+    version = (str(meta.get("uid", "")), int(meta.get("generation") or 0))
+    cached = state.parsed.get(key)
+    if cached is not None and cached[0] == version:
+        return cached[1]
+    try:
+        parsed: Job | InvalidJob = load_job(body)
+    except InvalidJob as err:
+        parsed = err
+    state.parsed[key] = (version, parsed)
+    return parsed
+
+
+def newer(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Is job body a strictly newer than b? (resourceVersions are etcd revisions.)"""
+    try:
+        return int(a["metadata"]["resourceVersion"]) > int(b["metadata"]["resourceVersion"])
+    except (KeyError, ValueError):
+        return False
+
+
+async def reconcile_one(state: State, key: Key, indices: Mapping[str, Any]) -> None:
+    bodies = list(indices["job_bodies"].get(key, []))
+    if not bodies:
+        state.latest.pop(key, None)
+        state.recent.pop(key, None)
+        state.parsed.pop(key, None)
+        return
+    body = bodies[0]
+    mine = state.latest.get(key)
+    if mine is not None and newer(mine, body):
+        body = mine  # our own status write, not yet seen by the watch
+    pods = list(indices["job_pods"].get(key, []))
+    nodes = {n.name: n for store in indices["node_infos"].values() for n in store}
+    in_use: dict[str, int] = {}
+    for node, store in indices["gpu_pods"].items():
+        in_use[node] = sum(g for ns, job, g in store if (ns, job) != key)
+    t0 = time.perf_counter()
+    decision = reconcile(Observed(body, pods, nodes, datetime.now(UTC), in_use, parse(state, key, body)))
+    recent = state.recent.setdefault(key, Recent())
+    written = await asyncio.to_thread(carry_out, state.kube, body, decision, recent, state.run)
+    took = time.perf_counter() - t0
+    state.metrics.reconcile_seconds.observe(took)
+    if decision.apply or decision.delete or written is not None:
+        log.info(
+            "reconciled %s/%s in %.0f ms: phase %s, %d applied, %d deleted%s",
+            *key,
+            took * 1000,
+            decision.status.get("phase"),
+            len(decision.apply),
+            len(decision.delete),
+            ", status written" if written is not None else "",
+        )
+    if written is not None:
+        state.latest[key] = written
+    if decision.restarted:
+        state.metrics.restarts.inc()
+    if decision.requeue_after is not None:
+        state.due[key] = time.monotonic() + decision.requeue_after
+
+
+async def loop(state: State, indices: Mapping[str, Any]) -> None:
+    await state.ready.wait()  # kopf calls handlers only once every index is filled
+    last_sync = time.monotonic()
+    while True:
+        now = time.monotonic()
+        wait = min([state.resync_s - (now - last_sync), *[t - now for t in state.due.values()]])
+        if wait > 0:
+            try:
+                await asyncio.wait_for(state.wake.wait(), timeout=wait)
+                await asyncio.sleep(state.debounce_s)  # let a burst of pod events land first
+            except TimeoutError:
+                pass
+        state.wake.clear()
+        now = time.monotonic()
+        if now - last_sync >= state.resync_s:
+            state.dirty |= set(indices["job_bodies"].keys())
+            last_sync = now
+        for key, t in list(state.due.items()):
+            if t <= now:
+                state.dirty.add(key)
+                del state.due[key]
+        keys, state.dirty = state.dirty, set()
+        for key in sorted(keys):
+            try:
+                await reconcile_one(state, key, indices)
+            except Exception:
+                state.metrics.errors.inc()
+                log.exception("reconcile of %s/%s failed; retrying", *key)
+                state.due[key] = time.monotonic() + 2.0
+        state.metrics.set_phases(
+            (b.get("status") or {}).get("phase") for s in indices["job_bodies"].values() for b in s
+        )
+
+
+def build(state: State) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> Any:
+        return kopf.login_via_client(**kwargs)
+
+    @kopf.on.startup(registry=registry)
+    async def configure(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
+        settings.persistence.finalizer = f"{PREFIX}/finalizer"
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix=PREFIX, key="last-handled-configuration"
+        )
+        settings.posting.enabled = True
+        settings.posting.level = logging.WARNING  # kopf's own warnings as Events; ours go via apply
+        settings.watching.server_timeout = 300
+        settings.watching.client_timeout = 330
+        indices = {k: kwargs[k] for k in ("job_bodies", "job_pods", "node_infos", "gpu_pods")}
+        state.task = asyncio.create_task(loop(state, indices))
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop(**_: Any) -> None:
+        if state.task is not None:
+            state.task.cancel()
+        state.pool.shutdown(wait=False, cancel_futures=True)
+
+    @kopf.index(GROUP, VERSION, PLURAL, id="job_bodies", registry=registry)
+    def job_bodies(**kw: Any) -> Any:
+        body = kw["body"]
+        kept = {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec", "status") if k in body}
+        return {(kw["namespace"], kw["name"]): kept}
+
+    @kopf.index("pods", labels={LABEL_JOB: kopf.PRESENT}, id="job_pods", registry=registry)
+    def job_pods(**kw: Any) -> Any:
+        return {(kw["namespace"], kw["labels"][LABEL_JOB]): pod_view(kw["body"])}
+
+    @kopf.index("pods", id="gpu_pods", registry=registry)
+    def gpu_pods(**kw: Any) -> Any:
+        spec, status = kw["spec"], kw["status"]
+        node, gpus = spec.get("nodeName"), gpus_of(spec)
+        if not node or not gpus or status.get("phase") in ("Succeeded", "Failed"):
+            return None
+        return {node: (kw["namespace"], kw["labels"].get(LABEL_JOB, ""), gpus)}
+
+    @kopf.index("nodes", id="node_infos", registry=registry)
+    def node_infos(**kw: Any) -> Any:
+        return {kw["name"]: parse_node(kw["body"])}
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    def job_event(**kw: Any) -> None:
+        state.kick((kw["namespace"], kw["name"]))
+
+    @kopf.on.event("pods", labels={LABEL_JOB: kopf.PRESENT}, registry=registry)
+    def pod_event(**kw: Any) -> None:
+        state.kick((kw["namespace"], kw["labels"][LABEL_JOB]))
+
+    @kopf.on.event("nodes", registry=registry)
+    def node_event(**kw: Any) -> None:
+        for key in kw["job_bodies"]:
+            state.kick(key)
+
+    return registry

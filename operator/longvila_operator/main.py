@@ -1,0 +1,79 @@
+"""`longvila-operator`: runs the kopf operator for LongVILAJobs.
+
+    longvila-operator --namespace team-a            # one or more namespaces
+    longvila-operator --all-namespaces              # cluster-wide
+    longvila-operator -A --metrics-port 9090 --liveness-port 8080
+
+Run one replica (`--standalone`, the default): kopf's peering is not leader election,
+two equal-priority operators both freeze. The Deployment should use strategy Recreate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+
+import kopf
+
+from .apply import Kube
+from .handlers import State, build
+from .metrics import Metrics
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="longvila-operator", description=__doc__.split("\n")[0])
+    scope = p.add_mutually_exclusive_group(required=True)
+    scope.add_argument("-n", "--namespace", action="append", default=[], help="watch this namespace")
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace")
+    p.add_argument("--metrics-port", type=int, default=9090, help="Prometheus /metrics port; 0 = off")
+    p.add_argument("--liveness-port", type=int, default=8080, help="kopf's /healthz port; 0 = off")
+    p.add_argument(
+        "--standalone",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="no kopf peering (one replica; the default)",
+    )
+    p.add_argument(
+        "--kubeconfig", default=os.environ.get("KUBECONFIG"), help="default: in-cluster, then $KUBECONFIG"
+    )
+    p.add_argument(
+        "--resync-seconds", type=float, default=10.0, help="reconcile every job at least this often"
+    )
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    if not args.verbose:  # kopf logs every handler call at INFO: a line per pod event
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    metrics = Metrics()
+    state = State(kube=Kube.from_env(args.kubeconfig, on_request=metrics.request), metrics=metrics)
+    state.resync_s = args.resync_seconds
+    registry = build(state)
+    if args.metrics_port:
+        metrics.serve(args.metrics_port)
+    liveness = f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None
+    asyncio.run(
+        kopf.operator(
+            registry=registry,
+            standalone=args.standalone,
+            clusterwide=args.all_namespaces,
+            namespaces=args.namespace,
+            liveness_endpoint=liveness,
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
