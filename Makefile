@@ -25,12 +25,13 @@ lint: venv
 typecheck: venv
 	$(PY) -m mypy operator/longvila_operator trainer/longvila_trainer localcluster/longvila_localcluster
 
-test: lint typecheck
+test: lint typecheck binaries
 	$(PY) -m pytest -p no:cacheprovider
 
 test-fast: venv
 	$(PY) -m pytest -p no:cacheprovider -m "not cluster and not slow"
 
+# Built (or found cached) before pytest, so a cold build (minutes) is not under the tests' timeout.
 binaries: venv
 	$(PY) -m longvila_localcluster.cli build
 
