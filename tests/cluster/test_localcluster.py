@@ -179,17 +179,23 @@ def _cli(run_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_cluster_down_leaves_no_process_behind(tmp_path: Path) -> None:
     run_dir = tmp_path / "lc"
-    up = _cli(run_dir, "up", "--nodes", "1", "--domains", "1")
-    assert up.returncode == 0, up.stderr + up.stdout
-    assert "current-context: longvila-local" in up.stdout  # the kubeconfig is printed
-    pids = [r.pid for r in Supervisor(run_dir).recorded()]
-    assert len(pids) == 6
-    assert len(processes_in(run_dir)) >= 6
-    down = _cli(run_dir, "down")
-    assert down.returncode == 0, down.stderr
-    assert processes_in(run_dir) == []
-    for pid in pids:
-        assert not Path(f"/proc/{pid}").exists() or "\nState:\tZ" in Path(f"/proc/{pid}/status").read_text()
+    try:
+        up = _cli(run_dir, "up", "--nodes", "1", "--domains", "1")
+        assert up.returncode == 0, up.stderr + up.stdout
+        assert "current-context: longvila-local" in up.stdout  # the kubeconfig is printed
+        pids = [r.pid for r in Supervisor(run_dir).recorded()]
+        assert len(pids) == 6
+        assert len(processes_in(run_dir)) >= 6
+        down = _cli(run_dir, "down")
+        assert down.returncode == 0, down.stderr
+        assert processes_in(run_dir) == []
+        for pid in pids:
+            assert (
+                not Path(f"/proc/{pid}").exists() or "\nState:\tZ" in Path(f"/proc/{pid}/status").read_text()
+            )
+    finally:
+        # The CLI's cluster outlives the CLI by design: a failed assertion must not leave it running.
+        LocalCluster(run_dir, {}).down()
 
 
 def test_an_interrupted_owner_takes_its_cluster_with_it(tmp_path: Path) -> None:
