@@ -1,0 +1,232 @@
+"""`longvila-train`: one stage of LongVILA training, launched by torchrun (or directly, one process).
+
+    torchrun --module longvila_trainer.train            # in a pod: everything from the env contract
+    longvila-train --preset tiny-short-sft --set checkpoint.uri=file:///tmp/ck   # one process
+
+Order: env contract → config → layout checks (before any process group) → process group and
+SP groups → model, trainable set, parallelize → optimizer → data → resume (latest complete
+checkpoint of this stage, else the init checkpoint's weights) → loop → final checkpoint.
+Any bad input ends the run with one `longvila-train: error: …` line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.distributed import PrefixStore, TCPStore  # type: ignore[attr-defined]
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_model_state_dict, set_state_dict
+
+from . import env_contract as E
+from . import loop
+from .checkpoint.s3 import StorageError
+from .checkpoint.store import CheckpointNotFoundError, CheckpointStore
+from .checkpoint.uri import CheckpointURIError
+from .config import ConfigError, TrainerConfig, load_config, with_stage
+from .data.loader import PackedLoader, build_loader, open_stage_data
+from .data.packing import tokens_per_frame
+from .data.tokenizer import load_tokenizer
+from .model.longvila import LongVILA
+from .model.lora import apply_lora
+from .model.presets import PRESETS
+from .model.weights import WeightsError, build_model, weights_dir
+from .parallel.groups import build_groups
+from .parallel.layout import LayoutError, ParallelLayout, kv_replication
+from .parallel.token_layout import Kind
+from .parallelize import ParallelizeOptions, parallelize
+
+BAD_INPUT = (ConfigError, E.EnvContractError, LayoutError, WeightsError, CheckpointURIError, StorageError,
+             CheckpointNotFoundError, FileNotFoundError)  # fmt: skip
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="longvila-train", description=__doc__.splitlines()[0])
+    p.add_argument("--config", help="trainer config YAML (default: $LONGVILA_CONFIG under the env contract)")
+    p.add_argument("--preset", help="base preset (default: the env contract's stage type; none when direct)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, repeatable")
+    p.add_argument("--cache-dir", default=os.environ.get("LONGVILA_CACHE_DIR", "/tmp/longvila-cache"))
+    return p.parse_args(argv)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What this run does, checked before any process group exists."""
+
+    cfg: TrainerConfig
+    layout: ParallelLayout
+    kind: Kind  # token layout over the SP group
+    uri: str  # this stage's checkpoints
+    init: str  # weights to start from ("" = the model's own)
+
+
+def plan(args: argparse.Namespace, environ: Mapping[str, str]) -> Plan:
+    """The env contract when present (torchrun in a pod), else a direct one-process run."""
+    env = E.parse(environ) if E.STAGE_TYPE in environ else None
+    path = args.config or (env.config_path if env else None)
+    cfg = load_config(path, args.set, preset=args.preset or (env.stage_type if env else None))
+    if env is None:
+        out = Plan(cfg, ParallelLayout(1), "zigzag", cfg.checkpoint.uri, cfg.model.init)
+    else:
+        cfg = with_stage(cfg, env.stage, env.stage_type)
+        layout = ParallelLayout(env.world_size, env.ulysses, env.ring)
+        kind: Kind = "zigzag" if env.layout == "zigzag" else "contiguous"
+        out = Plan(cfg, layout, kind, env.checkpoint_uri, env.init_checkpoint or cfg.model.init)
+        world = environ.get("WORLD_SIZE", str(layout.world))
+        if world != str(layout.world):
+            raise E.EnvContractError([f"WORLD_SIZE={world}: the contract says {layout.world}"])
+    if not out.uri:
+        raise ConfigError("checkpoint.uri: required when run directly (torchrun: LONGVILA_CHECKPOINT_URI)")
+    if cfg.model.preset in PRESETS:
+        llm = PRESETS[cfg.model.preset].llm
+        kv_replication(llm["num_attention_heads"], llm["num_key_value_heads"], out.layout.ulysses)
+    elif not cfg.model.preset:
+        weights_dir("model.llm", cfg.model.llm)
+        weights_dir("model.vision_tower", cfg.model.vision_tower)
+    return out
+
+
+def training_state(
+    model: LongVILA, optimizer: torch.optim.Optimizer, loader: PackedLoader, step: int, packs: int, total: int
+) -> dict[str, Any]:
+    """What a checkpoint holds: model + optimizer (DTensors under FSDP), loader position, progress.
+
+    `packs_per_step` (and `max_steps` when derived from the data) are fixed at the stage's
+    first start and kept by every resume, so a smaller world trains the same global batch on
+    the same LR schedule.
+    """
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    progress = {"step": step, "packs_per_step": packs, "max_steps": total}
+    return {"model": model_sd, "optimizer": optim_sd, "loader": loader.state_dict(), "progress": progress}
+
+
+def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    job = plan(args, environ)
+    cfg, layout, t = job.cfg, job.layout, job.cfg.train
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", int(environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    else:
+        torch.use_deterministic_algorithms(True)  # same seed → same losses, bit for bit
+    if layout.world > 1:
+        init_distributed("nccl" if cuda else "gloo", environ)
+    groups = build_groups(layout)
+    rank = groups.rank
+    cache = Path(args.cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    store = CheckpointStore.from_uri(
+        job.uri, staging=cache / "staging", keep=cfg.checkpoint.keep, layout=layout
+    )
+    resume = store.latest_complete()  # also the first S3 call: an unreachable endpoint fails here
+    codec = load_tokenizer(cfg.model.tokenizer or cfg.model.llm)
+    model = build_model(cfg, codec.media_token_id)
+    llm_cfg = model.llm.config
+    kv_replication(int(llm_cfg.num_attention_heads), int(llm_cfg.num_key_value_heads or 0), layout.ulysses)
+    if t.lora.enabled:
+        apply_lora(model.llm, t.lora, t.seed)
+    loop.set_trainable(model, t)
+    model = parallelize(model, groups, ParallelizeOptions(precision="bf16" if cuda else "fp32"), device.type)
+    model.to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+
+    samples = open_stage_data(cfg, codec, cache / "data")
+    size = int(model.vision.model.config.image_size)  # type: ignore[arg-type]
+    tpf = tokens_per_frame(size, model.vision.patch_size)
+    loader = build_loader(
+        cfg, samples, tokens_per_frame=tpf, image_size=size, dp_rank=groups.dp_rank, dp_size=layout.dp
+    )
+
+    total = t.max_steps or loader.rounds_in_epoch() // t.grad_accum  # one pass over the data
+    state = training_state(model, optimizer, loader, 0, t.grad_accum * layout.dp, total)
+    if resume is not None:
+        loaded = store.load(state)
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+        loader.load_state_dict(state["loader"])
+        if loaded.rank_state is not None:
+            torch.set_rng_state(loaded.rank_state["rng"])
+        say(
+            rank,
+            f"resumed from step {loaded.step} of {job.uri} (written by {loaded.manifest.world_size} ranks)",
+        )
+    elif job.init:  # the previous stage's committed weights; optimizer and data start fresh
+        weights = {"model": state["model"]}
+        loaded = CheckpointStore.from_uri(job.init, staging=cache / "staging").load(weights, step="final")
+        set_model_state_dict(model, weights["model"])
+        say(rank, f"initialised weights from step {loaded.step} of {job.init}")
+    progress = state["progress"]
+    step, packs = int(progress["step"]), int(progress["packs_per_step"])
+    total = t.max_steps or int(progress["max_steps"])  # a derived length is kept from the first start
+    accum = loop.accumulation(packs, layout.dp)  # dp shrank after a lost node: more micro-steps
+
+    while step < total:
+        t0, lr = time.perf_counter(), loop.lr_at(step, t, total)
+        stats = loop.train_step(
+            model,
+            optimizer,
+            loader,
+            groups,
+            kind=job.kind,
+            accum=accum,
+            clip=t.clip,
+            lr=lr,
+            tokens_per_frame=tpf,
+        )
+        step += 1
+        memory = loop.max_over_ranks(loop.memory_mib(device), layout.world)
+        record = loop.step_record(step, total, stats, time.perf_counter() - t0, memory, world=layout.world)
+        if rank == 0:
+            print(json.dumps(record), flush=True)
+            print(loop.progress_line(record), file=sys.stderr, flush=True)
+        if step % cfg.checkpoint.every_steps == 0 or step == total:
+            state = training_state(model, optimizer, loader, step, packs, total)
+            store.save(step, state, rank_state={"rng": torch.get_rng_state()}, meta={"stage": cfg.stage.name})
+    if rank == 0:
+        store.mark_final(total)
+    if layout.world > 1:
+        dist.destroy_process_group()
+    return 0
+
+
+def init_distributed(backend: str, environ: Mapping[str, str]) -> None:
+    """The default group over torchrun's store, under a prefix per restart attempt.
+
+    torchrun's c10d rendezvous keeps one store across restarts; without the prefix a
+    restarted rank can read a dead rank's address left by the previous attempt and gloo's
+    connectFullMesh fails ("Connection refused").
+    """
+    rank, world = int(environ["RANK"]), int(environ["WORLD_SIZE"])
+    agent = environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # the agent hosts it
+    timeout = timedelta(minutes=10)
+    store = TCPStore(environ["MASTER_ADDR"], int(environ["MASTER_PORT"]), world,
+                          is_master=rank == 0 and not agent, timeout=timeout, multi_tenant=True)  # fmt: skip
+    prefixed = PrefixStore(f"longvila/attempt-{environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+    dist.init_process_group(backend, store=prefixed, rank=rank, world_size=world, timeout=timeout)
+
+
+def say(rank: int, text: str) -> None:
+    if rank == 0:
+        print(f"longvila-train: {text}", file=sys.stderr, flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return run(args, os.environ)
+    except BAD_INPUT as e:
+        print(f"longvila-train: error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
