@@ -298,22 +298,28 @@ class FlashAttnKernel:
     def _max(cu: tuple[int, ...]) -> int:
         return max(b - a for a, b in itertools.pairwise(cu))
 
+    def _segments(self, seg: Varlen, device: torch.device, scale: float) -> dict[str, Any]:
+        """The arguments flash-attn's varlen forward and backward share."""
+        return {
+            "cu_seqlens_q": self._cu(seg.cu_q, device),
+            "cu_seqlens_k": self._cu(seg.cu_k, device),
+            "max_seqlen_q": self._max(seg.cu_q),
+            "max_seqlen_k": self._max(seg.cu_k),
+            "dropout_p": 0.0,
+            "softmax_scale": scale,
+            "causal": seg.causal,
+            "window_size": (-1, -1),
+            "softcap": 0.0,
+            "alibi_slopes": None,
+        }
+
     def forward(self, q: Tensor, k: Tensor, v: Tensor, seg: Varlen, scale: float) -> tuple[Tensor, Tensor]:
         res = _call(
             self._fa._flash_attn_varlen_forward,
             q=q,
             k=k,
             v=v,
-            cu_seqlens_q=self._cu(seg.cu_q, q.device),
-            cu_seqlens_k=self._cu(seg.cu_k, q.device),
-            max_seqlen_q=self._max(seg.cu_q),
-            max_seqlen_k=self._max(seg.cu_k),
-            dropout_p=0.0,
-            softmax_scale=scale,
-            causal=seg.causal,
-            window_size=(-1, -1),
-            softcap=0.0,
-            alibi_slopes=None,
+            **self._segments(seg, q.device, scale),
             return_softmax=False,
             block_table=None,
         )
@@ -346,16 +352,7 @@ class FlashAttnKernel:
             dq=dq,
             dk=dk,
             dv=dv,
-            cu_seqlens_q=self._cu(seg.cu_q, q.device),
-            cu_seqlens_k=self._cu(seg.cu_k, q.device),
-            max_seqlen_q=self._max(seg.cu_q),
-            max_seqlen_k=self._max(seg.cu_k),
-            dropout_p=0.0,
-            softmax_scale=scale,
-            causal=seg.causal,
-            window_size=(-1, -1),
-            softcap=0.0,
-            alibi_slopes=None,
+            **self._segments(seg, q.device, scale),
             deterministic=False,
             rng_state=None,
         )
