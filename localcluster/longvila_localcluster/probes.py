@@ -70,13 +70,14 @@ def free_ports(n: int) -> list[int]:
 
 
 def wait_for(what: str, check: Callable[[], bool], timeout: float, alive: Callable[[], None]) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """poll() for a starting server: its own process must stay alive, and a connection it
+    refuses (not listening yet) counts as not ready."""
+
+    def attempt() -> bool:
         alive()
         try:
-            if check():
-                return
+            return check()
         except (OSError, urllib.error.URLError, ssl.SSLError):
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+            return False
+
+    poll(what, attempt, timeout)

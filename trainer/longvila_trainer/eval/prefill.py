@@ -1,7 +1,8 @@
 """Sequence-parallel prefill: next-token logits of one packed sequence at chosen positions.
 
 The reference has no SP inference path (NVlabs/VILA #130; ../../../docs/eval.md). This is
-the training forward of `model/longvila.py` without the loss, run under `no_grad`:
+the training forward of `model/longvila.py` without the loss, run under `no_grad`, through
+the same `LongVILA.shard_inputs` and `lm_logits`:
 
   1. stage 1: each SP rank encodes its divmod share of the frames (vision tower,
      projector); the measured per-frame token counts are all-gathered;
@@ -25,14 +26,11 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..attention.context import AttentionContext
-from ..hf_attention import CONTEXT_KWARG
 from ..model.longvila import LongVILA, PackedBatch
 from ..parallel.groups import SPGroups
-from ..parallel.token_layout import Kind, TokenLayout, plan_tokens
-from ..sharding.exchange import assemble_shard, exchange_rows, plan_shard
-from ..sharding.frames import IGNORE_INDEX, expand_media, gather_frame_tokens, split_frames
-from ..sharding.targets import shard, shift_targets, to_padded
+from ..parallel.token_layout import Kind, TokenLayout
+from ..sharding.frames import IGNORE_INDEX
+from ..sharding.targets import shard
 
 
 @dataclass(frozen=True)
@@ -60,32 +58,10 @@ def wanted_rows(targets: torch.Tensor, tokens: TokenLayout) -> list[torch.Tensor
 @torch.no_grad()
 def prefill(model: LongVILA, batch: PackedBatch, groups: SPGroups, kind: Kind = "zigzag") -> Prefill:
     """Runs the SP prefill on every rank of `groups.sp`; all of them get the same result."""
-    layout = groups.layout
-    sp, sp_rank = layout.sp, groups.sp_rank
-    n_frames = len(batch.frames)
-
-    mine = split_frames(n_frames, sp)[sp_rank]
-    encoded, counts = model.encode(batch.frames[mine.start : mine.stop])  # [n_local, D]
-    frame_tokens = gather_frame_tokens(counts, n_frames, sp, groups.sp)
-
-    seq = expand_media(batch.input_ids, batch.labels, batch.doc_lens, model.media_token_id, frame_tokens)
-    tokens = plan_tokens(seq.doc_lens, layout.ulysses, layout.ring, kind)
-    plan = plan_shard(seq, tokens, sp_rank)
-    targets = to_padded(shift_targets(seq.labels, seq.doc_lens), tokens, IGNORE_INDEX)  # [total]
-
-    visual = exchange_rows(encoded, plan, groups.sp, needs_grad=False)  # [n_in, D]
-    text = model.llm.get_input_embeddings()(plan.text_ids)  # [n_text, D]
-    embeds = assemble_shard(plan, text, visual, model.hidden_size)  # [L, D]
-
+    x = model.shard_inputs(batch, groups, kind)
+    tokens, targets = x.tokens, x.targets
     rows = wanted_rows(targets, tokens)
-    out = model.llm(
-        inputs_embeds=embeds.unsqueeze(0),  # [1, L, D]
-        position_ids=plan.position_ids.unsqueeze(0),  # [1, L], global RoPE positions
-        logits_to_keep=rows[sp_rank],
-        use_cache=False,
-        **{CONTEXT_KWARG: AttentionContext(groups=groups, tokens=tokens)},
-    )
-    local = out.logits[0].float()  # [n_mine, V]
+    local = model.lm_logits(x, groups, rows[groups.sp_rank]).float()  # [n_mine, V]
     per_rank = _gather_rows(local, [len(r) for r in rows], groups.sp)  # sp × [n_s, V]
 
     # Back to sequence order: each row's padded global position, sorted.
@@ -97,7 +73,7 @@ def prefill(model: LongVILA, batch: PackedBatch, groups: SPGroups, kind: Kind = 
         logits,
         targets[where[order]],
         tuple(int(o) for o in owner[order].tolist()),
-        sum(seq.doc_lens),
+        x.fused_len,
     )
 
 

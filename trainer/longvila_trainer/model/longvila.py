@@ -28,7 +28,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, Sigl
 from ..attention.context import AttentionContext
 from ..hf_attention import CONTEXT_KWARG, register_usp_attention
 from ..parallel.groups import SPGroups
-from ..parallel.token_layout import Kind, plan_tokens
+from ..parallel.token_layout import Kind, TokenLayout, plan_tokens
 from ..sharding.exchange import assemble_shard, exchange_rows, plan_shard
 from ..sharding.frames import IGNORE_INDEX, expand_media, gather_frame_tokens, split_frames
 from ..sharding.targets import count_targets, global_target_count, loss_sum, shard, shift_targets, to_padded
@@ -57,6 +57,18 @@ class LossParts:
     def loss(self) -> torch.Tensor:
         """This rank's share of the step's mean loss (shares add up over ranks)."""
         return self.loss_sum / max(self.n_targets, 1)
+
+
+@dataclass(frozen=True)
+class ShardInputs:
+    """One rank's LLM inputs for a packed batch, after stages 1 and 2."""
+
+    tokens: TokenLayout  # where every token of the fused sequence lives
+    targets: torch.Tensor  # [total] long: labels shifted globally, over the padded sequence
+    embeds: torch.Tensor  # [L, D] this rank's shard
+    position_ids: torch.Tensor  # [L] global RoPE positions
+    fused_len: int  # tokens of the fused sequence (text + visual rows, no SP padding)
+    idle: torch.Tensor | None  # 0 × the tower's output on a rank without frames (see _idle_vision)
 
 
 class LongVILA(nn.Module):
@@ -99,7 +111,8 @@ class LongVILA(nn.Module):
         trainable = any(p.requires_grad for p in (*self.vision.parameters(), *self.projector.parameters()))
         return torch.is_grad_enabled() and trainable
 
-    def forward(self, batch: PackedBatch, groups: SPGroups, kind: Kind = "zigzag") -> LossParts:
+    def shard_inputs(self, batch: PackedBatch, groups: SPGroups, kind: Kind = "zigzag") -> ShardInputs:
+        """Stages 1 and 2 for this rank: its LLM inputs, shared by training and prefill."""
         layout = groups.layout
         sp, sp_rank = layout.sp, groups.sp_rank
         n_frames = len(batch.frames)
@@ -120,22 +133,29 @@ class LongVILA(nn.Module):
         visual = exchange_rows(encoded, plan, groups.sp, self.visual_needs_grad())  # [n_in, D]
         text = self.llm.get_input_embeddings()(plan.text_ids)  # [n_text, D]
         embeds = assemble_shard(plan, text, visual, self.hidden_size)  # [L, D]
+        return ShardInputs(tokens, targets, embeds, plan.position_ids, sum(seq.doc_lens), idle)
 
-        local_targets = shard(targets, tokens, sp_rank)  # [L]
-        keep = torch.nonzero(local_targets != IGNORE_INDEX).squeeze(1)  # [n_keep]
-        context = AttentionContext(groups=groups, tokens=tokens)
+    def lm_logits(self, x: ShardInputs, groups: SPGroups, keep: torch.Tensor) -> torch.Tensor:
+        """The LLM on this rank's shard; the LM head only on local rows `keep`. [n_keep, V]"""
         out = self.llm(
-            inputs_embeds=embeds.unsqueeze(0),  # [1, L, D]
-            position_ids=plan.position_ids.unsqueeze(0),  # [1, L], global RoPE positions
-            logits_to_keep=keep,  # lm_head only on rows with a target
+            inputs_embeds=x.embeds.unsqueeze(0),  # [1, L, D]
+            position_ids=x.position_ids.unsqueeze(0),  # [1, L], global RoPE positions
+            logits_to_keep=keep,
             use_cache=False,
-            **{CONTEXT_KWARG: context},
+            **{CONTEXT_KWARG: AttentionContext(groups=groups, tokens=x.tokens)},
         )
-        logits = out.logits[0]  # [n_keep, V]
-        n_targets = global_target_count(count_targets(targets), groups)
+        logits: torch.Tensor = out.logits[0]
+        return logits
+
+    def forward(self, batch: PackedBatch, groups: SPGroups, kind: Kind = "zigzag") -> LossParts:
+        x = self.shard_inputs(batch, groups, kind)
+        local_targets = shard(x.targets, x.tokens, groups.sp_rank)  # [L]
+        keep = torch.nonzero(local_targets != IGNORE_INDEX).squeeze(1)  # [n_keep]: rows with a target
+        logits = self.lm_logits(x, groups, keep)  # [n_keep, V]
+        n_targets = global_target_count(count_targets(x.targets), groups)
         total = loss_sum(logits, local_targets[keep])
-        if idle is not None:
-            total = total + idle
+        if x.idle is not None:
+            total = total + x.idle
         return LossParts(total, n_targets, int(keep.numel()))
 
     def _idle_vision(self, batch: PackedBatch) -> torch.Tensor | None:
