@@ -199,8 +199,23 @@ def build(state: State) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
     @kopf.on.login(registry=registry)
-    def login(**kwargs: Any) -> Any:
-        return kopf.login_via_client(**kwargs)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        """kopf logs in with the same client configuration as our API calls (in-cluster, else
+        --kubeconfig): kopf's own client login reads only $KUBECONFIG, so --kubeconfig alone
+        would give kopf a different identity or none. Called again on a 401, by when the
+        in-cluster loader's refresh hook has read the rotated service-account token."""
+        cfg = state.kube.api_client.configuration
+        auth = cfg.get_api_key_with_prefix("authorization") or cfg.get_api_key_with_prefix("BearerToken")
+        scheme, _sep, token = (auth or "").partition(" ")
+        return kopf.ConnectionInfo(
+            server=cfg.host,
+            ca_path=cfg.ssl_ca_cert,
+            insecure=not cfg.verify_ssl,
+            scheme=scheme or None,
+            token=token or None,
+            certificate_path=cfg.cert_file,
+            private_key_path=cfg.key_file,
+        )
 
     @kopf.on.startup(registry=registry)
     async def configure(settings: kopf.OperatorSettings, **kwargs: Any) -> None:

@@ -35,9 +35,11 @@ class OperatorProcess:
     """`python -m longvila_operator.main` watching the given namespaces (or all)."""
 
     def __init__(
-        self, env: dict[str, str], log_path: Path, namespaces: list[str] | None = None, resync_s: float = 2.0
-    ) -> None:
+        self, env: dict[str, str], log_path: Path, namespaces: list[str] | None = None, resync_s: float = 2.0,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:  # fmt: skip
         self.env = dict(env)
+        self.extra_args = extra_args
         self.log_path = log_path
         self.namespaces = namespaces
         self.resync_s = resync_s
@@ -50,7 +52,7 @@ class OperatorProcess:
         scope = [a for ns in self.namespaces for a in ("-n", ns)] if self.namespaces else ["-A"]
         argv = [sys.executable, "-m", "longvila_operator.main", *scope]
         argv += ["--metrics-port", str(self.metrics_port), "--liveness-port", str(liveness)]
-        argv += ["--resync-seconds", str(self.resync_s)]
+        argv += ["--resync-seconds", str(self.resync_s), *self.extra_args]
         self.starts += 1
         log = self.log_path.open("ab")
         log.write(f"\n===== start {self.starts} =====\n".encode())

@@ -13,7 +13,7 @@ from longvila_operator.cli import main, ranges
 
 ROOT = Path(__file__).resolve().parents[2]
 NODES = ROOT / "tests/data/nodes/two-domains.yaml"
-TINY = ROOT / "examples/jobs/tiny-demo.yaml"
+TINY = ROOT / "tests/data/jobs/two-nodes-sp16.yaml"
 BIG = ROOT / "examples/jobs/longvila-7b-256f.yaml"
 
 

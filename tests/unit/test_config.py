@@ -106,7 +106,9 @@ def test_demo_job_stages_load(tmp_path: Path) -> None:
         path = tmp_path / "config.yaml"
         path.write_text(yaml.safe_dump(trainer_config.render(spec, stage)))
         cfg = load_config(path, preset=stage.type)
-        assert (cfg.train.frames, cfg.train.budget) == (stage.frames, stage.context_length)
+        assert (cfg.train.frames, cfg.train.context_length) == (stage.frames, stage.context_length)
+        assert cfg.train.budget == stage.overrides["train.micro_batch_tokens"]
+        assert cfg.model.tokenizer == "tiny" and cfg.train.grad_accum == 1
 
 
 def test_operator_example_override_key_is_refused_by_name(tmp_path: Path) -> None:
