@@ -32,6 +32,10 @@ class ApiError(Exception):
         self.code = code
 
 
+class NoCredentialsError(RuntimeError):
+    """Neither in-cluster credentials nor a usable kubeconfig."""
+
+
 @dataclass
 class Kube:
     """A minimal JSON client over the kubernetes package's ApiClient (auth and TLS from it)."""
@@ -46,10 +50,16 @@ class Kube:
         cfg = client.Configuration()
         try:
             config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
-        except config.ConfigException:
-            config.load_kube_config(  # type: ignore[no-untyped-call]
-                config_file=kubeconfig, client_configuration=cfg
-            )
+        except config.ConfigException as in_cluster:
+            try:
+                config.load_kube_config(  # type: ignore[no-untyped-call]
+                    config_file=kubeconfig, client_configuration=cfg
+                )
+            except (config.ConfigException, OSError) as e:
+                raise NoCredentialsError(
+                    f"no Kubernetes credentials: not in a cluster ({in_cluster}) and no usable kubeconfig "
+                    f"({e}); give --kubeconfig or $KUBECONFIG"
+                ) from None
         cfg.connection_pool_maxsize = 16
         return cls(client.ApiClient(cfg), **kw)
 

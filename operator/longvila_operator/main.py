@@ -18,7 +18,7 @@ import sys
 
 import kopf
 
-from .apply import Kube
+from .apply import Kube, NoCredentialsError
 from .handlers import State, build
 from .metrics import Metrics
 
@@ -57,7 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:  # kopf logs every handler call at INFO: a line per pod event
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     metrics = Metrics()
-    state = State(kube=Kube.from_env(args.kubeconfig, on_request=metrics.request), metrics=metrics)
+    try:
+        kube = Kube.from_env(args.kubeconfig, on_request=metrics.request)
+    except NoCredentialsError as e:
+        print(f"longvila-operator: error: {e}", file=sys.stderr)
+        return 2
+    state = State(kube=kube, metrics=metrics)
     state.resync_s = args.resync_seconds
     registry = build(state)
     if args.metrics_port:
