@@ -10,6 +10,7 @@ fall on several ranks and the gather has real work to do.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -181,3 +182,46 @@ def test_sp1_prefill_equals_plain_hf() -> None:
         assert got.logits.shape == ref.shape == (len(case.answer_ids), TINY.llm["vocab_size"])
         assert float((got.logits - ref).abs().max()) < ATOL
         assert got.targets.tolist() == list(case.answer_ids)
+
+
+def test_weights_of_a_training_run(tmp_path: Path) -> None:
+    """`--weights URI` evaluates a stage's trained weights: load_weights gives exactly the
+    checkpoint's parameters (not the preset's random ones), and the CLI at SP = 2 gives the
+    cells of SP = 1 over those parameters."""
+    from longvila_trainer.eval.niah import main
+    from longvila_trainer.model.weights import load_weights
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    ck = tmp_path / "ck"
+    cmd = [sys.executable, "-m", "longvila_trainer.train", "--preset", "tiny-short-sft",
+           "--cache-dir", str(tmp_path / "cache"), "--set", f"checkpoint.uri=file://{ck}",
+           "--set", "train.max_steps=2", "--set", "train.lr=0.01"]  # fmt: skip
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    dcp_to_torch_save(ck / "step-00000002" / "dcp", tmp_path / "trained.pt")  # straight from the files
+    trained = torch.load(tmp_path / "trained.pt", weights_only=False)["model"]
+
+    model, fresh = build_longvila(TINY, seed=0), build_longvila(TINY, seed=0)
+    assert load_weights(model, f"file://{ck}") == 2
+    got, init = get_model_state_dict(model), get_model_state_dict(fresh)
+    assert set(got) == set(trained)
+    assert all(torch.equal(got[k], trained[k]) for k in trained)
+    assert sum(not torch.equal(got[k], init[k]) for k in init) > len(init) // 2  # "all" trained
+
+    case = needle_cases()[0]
+    one = single_process_groups()
+    with torch.no_grad():
+        diff = prefill(model.eval(), case.batch, one).logits - prefill(fresh.eval(), case.batch, one).logits
+    assert diff.abs().max() > 1e-3
+
+    ref = run(NiahSpec("tiny", frames=(3,), depths=(0.0, 1.0)), state=model.state_dict())
+    out = tmp_path / "niah"
+    assert (
+        main(["--frames", "3", "--depths", "0,1", "--ulysses", "2", "--weights", str(ck), "--out", str(out)])
+        == 0
+    )
+    cells = json.loads((out / "niah.json").read_text())["cells"]
+    assert [c["predictions"] for c in cells] == [list(c.predictions) for c in ref]

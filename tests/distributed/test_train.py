@@ -252,3 +252,238 @@ def test_real_weights_from_local_directories(tmp_path: Path) -> None:
     )  # fmt: skip
     recs = records(p.stdout)
     assert [r["step"] for r in recs] == [1, 2] and all(0 < r["loss"] < 10 for r in recs)
+
+
+# -- LoRA: the stage's final weights are merged --------------------------------------------------
+
+
+def dcp_keys(ck: Path, step: int) -> set[str]:
+    """The state keys a file:// checkpoint holds (its DCP metadata)."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    return set(FileSystemReader(str(ck / L.step_dir(step) / "dcp")).read_metadata().state_dict_metadata)
+
+
+def lora_stage(ck: Path, cache: Path, steps: int = 3) -> list[str]:
+    return train_cmd("--preset", "tiny-context-extension", "--cache-dir", str(cache),
+                     "--set", f"checkpoint.uri=file://{ck}", "--set", f"train.max_steps={steps}")  # fmt: skip
+
+
+def test_lora_stage_ends_merged_and_the_next_stage_starts_from_it(tmp_path: Path) -> None:
+    ce, cache = tmp_path / "ce", tmp_path / "cache"
+    first = run_ok(lora_stage(ce, cache), direct_env())
+    assert "step 3: LoRA adapters merged into the final weights" in first.stderr
+    storage = open_storage(f"file://{ce}")
+    assert L.parse_final(storage.get_bytes(L.FINAL)) == 3
+    adapters, merged = dcp_keys(ce, 2), dcp_keys(ce, 3)  # every_steps 2: step 2 keeps the adapters
+    q = "model.llm.model.layers.0.self_attn.q_proj"
+    assert {f"{q}.base.weight", f"{q}.lora_A.weight", f"{q}.lora_B.weight"} <= adapters
+    assert any(k.startswith("optimizer.") for k in adapters)
+    assert f"{q}.weight" in merged and not any("lora_" in k or ".base." in k for k in merged)
+    assert not any(k.startswith("optimizer.") for k in merged)
+    meta2 = L.Manifest.from_json(storage.get_bytes(L.manifest_key(2))).meta
+    meta3 = L.Manifest.from_json(storage.get_bytes(L.manifest_key(3))).meta
+    assert meta2["lora"] == {"rank": 4, "alpha": 8.0, "targets": ["q_proj", "k_proj", "v_proj", "o_proj"]}
+    assert meta3["weights"] == "merged-lora"
+    nxt = run_ok(
+        train_cmd("--preset", "tiny-long-video-sft", "--cache-dir", str(cache), "--set", "train.max_steps=1",
+                  "--set", f"checkpoint.uri=file://{tmp_path / 'sft'}", "--set", f"model.init=file://{ce}"),
+        direct_env(),
+    )  # fmt: skip
+    assert f"initialised weights from step 3 of file://{ce}" in nxt.stderr
+    assert [r["step"] for r in records(nxt.stdout)] == [1]
+
+
+def test_lora_stage_recovers_from_a_crash_at_its_end(tmp_path: Path) -> None:
+    """The states a crash after the last step can leave, rebuilt from a finished run."""
+    ce, cache = tmp_path / "ce", tmp_path / "cache"
+    want = losses(run_ok(lora_stage(ce, cache), direct_env()).stdout)
+    storage = open_storage(f"file://{ce}")
+    # merged checkpoint committed, final.json not yet written: commit it, train nothing
+    storage.delete([L.FINAL])
+    p = run_ok(lora_stage(ce, cache), direct_env())
+    assert "step 3 of" in p.stderr and "holds the stage's merged final weights" in p.stderr
+    assert records(p.stdout) == [] and L.parse_final(storage.get_bytes(L.FINAL)) == 3
+    # merged shards written but no manifest: step 2 (adapters) is the newest complete one
+    storage.delete([L.FINAL, L.manifest_key(3)])
+    # (the eval's loader reads such an adapter checkpoint too, merging it: plain names out)
+    from longvila_trainer.model.longvila import build_longvila
+    from longvila_trainer.model.presets import TINY
+    from longvila_trainer.model.weights import load_weights
+
+    model = build_longvila(TINY)
+    assert load_weights(model, f"file://{ce}") == 2
+    assert set(model.state_dict()) == set(build_longvila(TINY).state_dict())
+    p = run_ok(lora_stage(ce, cache), direct_env())
+    assert "resumed from step 2" in p.stderr and losses(p.stdout) == {3: want[3]}
+    assert L.parse_final(storage.get_bytes(L.FINAL)) == 3
+    assert L.Manifest.from_json(storage.get_bytes(L.manifest_key(3))).meta["weights"] == "merged-lora"
+    assert not any("lora_" in k for k in dcp_keys(ce, 3))
+
+
+# -- weights from S3 ---------------------------------------------------------------------------
+
+
+def upload_dir(local: Path, uri: str, env: dict[str, str]) -> None:
+    storage = open_storage(uri, environ=env)
+    for f in sorted(local.iterdir()):
+        storage.put_file(f.name, f)
+
+
+def s3_env(s3: dict[str, str]) -> dict[str, str]:
+    return {**direct_env(), "AWS_ENDPOINT_URL_S3": s3["endpoint"], "AWS_ACCESS_KEY_ID": s3["access_key"],
+            "AWS_SECRET_ACCESS_KEY": s3["secret_key"], "HF_HUB_OFFLINE": "1"}  # fmt: skip
+
+
+def test_weights_from_s3_prefixes(s3_server: dict[str, str], tmp_path: Path) -> None:
+    """Exported HF directories uploaded to S3 train exactly as the same directories on disk."""
+    from longvila_trainer.model.export import export
+
+    llm_dir, tower_dir = export("tiny", tmp_path / "hf")
+    env = s3_env(s3_server)
+    prefix = f"s3://{s3_server['bucket']}/weights-{uuid.uuid4().hex[:6]}"
+    upload_dir(llm_dir, f"{prefix}/qwen2", env)
+    upload_dir(tower_dir, f"{prefix}/siglip", env)
+    common = ("--preset", "tiny-short-sft", "--set", "model.preset=", "--set", "model.tokenizer=tiny",
+              "--set", "train.max_steps=2")  # fmt: skip
+
+    def weights(llm: str, tower: str, name: str) -> list[str]:
+        return train_cmd(*common, "--set", f"model.llm={llm}", "--set", f"model.vision_tower={tower}",
+                         "--cache-dir", str(tmp_path / f"cache-{name}"),
+                         "--set", f"checkpoint.uri=file://{tmp_path / name}")  # fmt: skip
+
+    remote = run_ok(weights(f"{prefix}/qwen2", f"{prefix}/siglip", "s3"), env)
+    local = run_ok(weights(f"file://{llm_dir}", f"file://{tower_dir}", "local"), env)
+    assert sorted(losses(remote.stdout)) == [1, 2]
+    assert losses(remote.stdout) == losses(local.stdout)  # same bytes, same seeded projector
+    fetched = sorted((tmp_path / "cache-s3" / "s3").iterdir())
+    assert len(fetched) == 2 and all((d / "config.json").is_file() for d in fetched)
+    # two ranks under the contract build the same initial weights (the projector is seeded)
+    model = {"preset": "", "llm": f"{prefix}/qwen2", "vision_tower": f"{prefix}/siglip", "tokenizer": "tiny"}
+    tree = merge(preset_tree("tiny-short-sft"), {"model": model, "train": {"grad_accum": 1, "max_steps": 2}})
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(tree))
+    ck = f"s3://{s3_server['bucket']}/from-s3-{uuid.uuid4().hex[:6]}"
+    tenv = contract_env(nproc=2, ulysses=2, ring=1, uri=ck, config=tmp_path / "cfg.yaml", s3=s3_server,
+                        stage_type="short-sft")  # fmt: skip
+    tenv["LONGVILA_CACHE_DIR"] = str(tmp_path / "cache-sp2")
+    torchrun = [
+        str(VENV_BIN / "torchrun"),
+        "--nproc-per-node",
+        "2",
+        "--standalone",
+        "-m",
+        "longvila_trainer.train",
+    ]
+    sp2 = run_ok(torchrun, tenv)
+    got, want = losses(sp2.stdout), losses(local.stdout)
+    assert sorted(got) == [1, 2] and all(abs(got[s] - want[s]) <= 1e-5 for s in want), (got, want)
+    line = bad_run(weights(f"{prefix}/nothing", f"{prefix}/siglip", "bad"), env)
+    assert f"model.llm='{prefix}/nothing': no config.json under that S3 prefix" in line
+
+
+# -- a crash in the middle of a checkpoint's uploads ---------------------------------------------
+
+
+class StallingProxy:
+    """A TCP proxy in front of the S3 server that holds, unanswered, the request whose bytes
+    contain `stall`: the trainer is caught with that checkpoint's uploads in flight."""
+
+    def __init__(self, upstream: str, stall: bytes) -> None:
+        import socket
+        import threading
+        from urllib.parse import urlparse
+
+        u = urlparse(upstream)
+        self.upstream, self.stall = (u.hostname or "127.0.0.1", u.port or 80), stall
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+        self.stalled = threading.Event()
+        self.held: list[Any] = []  # sockets of the held request, kept open
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            up = socket.create_connection(self.upstream)
+            threading.Thread(target=self._pipe, args=(client, up, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(up, client, False), daemon=True).start()
+
+    def _pipe(self, src: Any, dst: Any, requests: bool) -> None:
+        tail = b""
+        while True:
+            try:
+                data = src.recv(1 << 16)
+            except OSError:
+                return
+            if not data:
+                break
+            if requests:
+                window = tail + data
+                if self.stall in window:
+                    self.held += [src, dst]
+                    self.stalled.set()
+                    return
+                tail = window[-len(self.stall) :]
+            try:
+                dst.sendall(data)
+            except OSError:
+                return
+        dst.close()
+
+    def close(self) -> None:
+        self.server.close()
+        for s in self.held:
+            s.close()
+
+
+def test_sigkill_while_a_checkpoint_uploads_resumes_from_the_previous_one(
+    s3_server: dict[str, str], tmp_path: Path
+) -> None:
+    """Killed while step 4's shard is going up (its manifest not written), the rerun resumes
+    from step 2, never from the partial step 4, and finishes."""
+    import signal
+    import time
+
+    prefix = f"crash-{uuid.uuid4().hex[:6]}"
+    uri = f"s3://{s3_server['bucket']}/{prefix}"
+    shard = f"PUT /{s3_server['bucket']}/{prefix}/{L.step_dir(4)}/{L.dcp_shard(0)}".encode()
+    proxy = StallingProxy(s3_server["endpoint"], shard)
+    env = s3_env(s3_server)
+    cmd = train_cmd("--preset", "tiny-short-sft", "--cache-dir", str(tmp_path / "cache"),
+                    "--set", f"checkpoint.uri={uri}", "--set", "train.max_steps=4")  # fmt: skip
+    storage = open_storage(uri, environ=env)
+    out, err = tmp_path / "out.txt", tmp_path / "err.txt"
+    try:
+        with out.open("w") as so, err.open("w") as se:
+            proc = subprocess.Popen(cmd, env={**env, "AWS_ENDPOINT_URL_S3": proxy.endpoint}, cwd=REPO,
+                                    stdout=so, stderr=se)  # fmt: skip
+            try:
+                assert proxy.stalled.wait(300), err.read_text()[-3000:]
+                deadline = time.monotonic() + 30  # the step's other files go up beside the shard
+                while f"{L.step_dir(4)}/{L.DCP_METADATA}" not in storage.listing(L.step_dir(4) + "/"):
+                    assert time.monotonic() < deadline
+                    time.sleep(0.1)
+                proc.send_signal(signal.SIGKILL)
+                assert proc.wait(60) == -signal.SIGKILL
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+    finally:
+        proxy.close()
+    first = losses(out.read_text())
+    assert sorted(first) == [1, 2, 3, 4]  # step 4 trained; its checkpoint was being written
+    partial = storage.listing(L.step_dir(4) + "/")
+    assert partial and L.manifest_key(4) not in partial and L.FINAL not in storage.listing(L.FINAL)
+
+    again = run_ok(cmd, env)
+    assert f"resumed from step 2 of {uri}" in again.stderr, again.stderr[-3000:]
+    assert losses(again.stdout) == {3: first[3], 4: first[4]}  # deterministic: the same steps again
+    assert L.parse_final(storage.get_bytes(L.FINAL)) == 4
+    m = L.Manifest.from_json(storage.get_bytes(L.manifest_key(4)))
+    assert {f.path for f in m.files} >= {L.DCP_METADATA, L.dcp_shard(0)}

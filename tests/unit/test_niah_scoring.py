@@ -13,7 +13,7 @@ from longvila_trainer.data.synthetic import Needle, haystack_frames, make_needle
 from longvila_trainer.data.tokenizer import load_tokenizer
 from longvila_trainer.data.video import to_pixels
 from longvila_trainer.eval.needle import Cell, build_case, judge, normalize, parse_grid
-from longvila_trainer.eval.niah import main
+from longvila_trainer.eval.niah import main, parse_args
 from longvila_trainer.eval.prefill import Prefill
 from longvila_trainer.eval.report import (
     HeatmapGeometry,
@@ -136,14 +136,28 @@ def test_cli_writes_the_report(tmp_path: Path, capsys: pytest.CaptureFixture[str
         assert img.size == HeatmapGeometry(2, 2).size
 
 
-def test_cli_weights_without_a_loader_fails_clearly(capsys: pytest.CaptureFixture[str]) -> None:
-    rc = main(["--frames", "2", "--depths", "0", "--weights", "s3://bucket/run"])
+def test_cli_weights_without_a_checkpoint_fails_clearly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A --weights location holding no complete checkpoint: one line naming it, exit 2,
+    before any rank is spawned."""
+    empty = tmp_path / "run"
+    empty.mkdir()
+    rc = main(["--frames", "2", "--depths", "0", "--weights", str(empty)])
     err = capsys.readouterr().err.strip()
     assert rc == 2
     assert len(err.splitlines()) == 1
-    assert "longvila_trainer.train.load_weights" in err and "s3://bucket/run" in err
+    assert err.startswith("error:") and str(empty) in err
 
 
 def test_cli_rejects_a_bad_grid(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--depths", "0,2"]) == 2
     assert "--depths" in capsys.readouterr().err
+
+
+def test_cli_rope_theta_reaches_the_spec_and_is_checked(capsys: pytest.CaptureFixture[str]) -> None:
+    spec, _ = parse_args(["--rope-theta", "100000"])
+    assert spec.rope_theta == 100000.0
+    assert parse_args([])[0].rope_theta is None
+    assert main(["--rope-theta", "0"]) == 2
+    assert "--rope-theta must be > 0" in capsys.readouterr().err

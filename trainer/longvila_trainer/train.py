@@ -5,7 +5,8 @@
 
 Order: env contract → config → layout checks (before any process group) → process group and
 SP groups → model, trainable set, parallelize → optimizer → data → resume (latest complete
-checkpoint of this stage, else the init checkpoint's weights) → loop → final checkpoint.
+checkpoint of this stage, else the init checkpoint's weights) → loop → final checkpoint
+(with LoRA: the adapters merged into the base weights, plain names) → final.json.
 Any bad input ends the run with one `longvila-train: error: …` line and exit code 2.
 """
 
@@ -15,17 +16,23 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
 from torch.distributed import PrefixStore, TCPStore  # type: ignore[attr-defined]
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_model_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict,
+    get_state_dict,
+    set_model_state_dict,
+    set_state_dict,
+)
 
 from . import env_contract as E
 from . import loop
@@ -36,10 +43,11 @@ from .config import ConfigError, TrainerConfig, load_config, with_stage
 from .data.loader import PackedLoader, build_loader, open_stage_data
 from .data.packing import tokens_per_frame
 from .data.tokenizer import load_tokenizer
+from .fetch import local_copy
 from .model.longvila import LongVILA
-from .model.lora import apply_lora
+from .model.lora import MERGED, apply_lora, merge_lora_state, plain_names
 from .model.presets import PRESETS
-from .model.weights import WeightsError, build_model, weights_dir
+from .model.weights import WeightsError, build_model, check_weights
 from .parallel.groups import build_groups
 from .parallel.layout import LayoutError, ParallelLayout, kv_replication
 from .parallel.token_layout import Kind
@@ -54,7 +62,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--config", help="trainer config YAML (default: $LONGVILA_CONFIG under the env contract)")
     p.add_argument("--preset", help="base preset (default: the env contract's stage type; none when direct)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, repeatable")
-    p.add_argument("--cache-dir", default=os.environ.get("LONGVILA_CACHE_DIR", "/tmp/longvila-cache"))
+    p.add_argument(
+        "--cache-dir",
+        # $TMPDIR keeps pods that share one machine (the local runner) out of each other's cache
+        default=os.environ.get("LONGVILA_CACHE_DIR", str(Path(tempfile.gettempdir()) / "longvila-cache")),
+        help="generated and fetched data (default: $LONGVILA_CACHE_DIR, else $TMPDIR/longvila-cache)",
+    )
     return p.parse_args(argv)
 
 
@@ -90,8 +103,8 @@ def plan(args: argparse.Namespace, environ: Mapping[str, str]) -> Plan:
         llm = PRESETS[cfg.model.preset].llm
         kv_replication(llm["num_attention_heads"], llm["num_key_value_heads"], out.layout.ulysses)
     elif not cfg.model.preset:
-        weights_dir("model.llm", cfg.model.llm)
-        weights_dir("model.vision_tower", cfg.model.vision_tower)
+        check_weights("model.llm", cfg.model.llm)
+        check_weights("model.vision_tower", cfg.model.vision_tower)
     return out
 
 
@@ -107,6 +120,32 @@ def training_state(
     model_sd, optim_sd = get_state_dict(model, optimizer)
     progress = {"step": step, "packs_per_step": packs, "max_steps": total}
     return {"model": model_sd, "optimizer": optim_sd, "loader": loader.state_dict(), "progress": progress}
+
+
+def merged_state(
+    model: LongVILA, loader: PackedLoader, step: int, packs: int, total: int, scale: float
+) -> dict[str, Any]:
+    """A LoRA stage's final checkpoint: the weights with B A merged in, under the plain model's
+    names (what the next stage, without LoRA, loads), and no optimizer state: the stage is done.
+
+    It is the only checkpoint of the last step, committed by its manifest like any other, so a
+    crash leaves either the previous adapter checkpoint as the newest (resume retrains the
+    last steps) or this one (resume only writes final.json).
+    """
+    progress = {"step": step, "packs_per_step": packs, "max_steps": total}
+    model_sd = merge_lora_state(cast(dict[str, torch.Tensor], get_model_state_dict(model)), scale)
+    return {"model": model_sd, "loader": loader.state_dict(), "progress": progress}
+
+
+def checkpoint_meta(cfg: TrainerConfig) -> dict[str, Any]:
+    """Manifest meta of an ordinary checkpoint; with LoRA, what load_weights needs to merge it."""
+    lora = cfg.train.lora
+    if not lora.enabled:
+        return {"stage": cfg.stage.name}
+    return {
+        "stage": cfg.stage.name,
+        "lora": {"rank": lora.rank, "alpha": lora.alpha, "targets": list(lora.targets)},
+    }
 
 
 def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -128,8 +167,8 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         job.uri, staging=cache / "staging", keep=cfg.checkpoint.keep, layout=layout
     )
     resume = store.latest_complete()  # also the first S3 call: an unreachable endpoint fails here
-    codec = load_tokenizer(cfg.model.tokenizer or cfg.model.llm)
-    model = build_model(cfg, codec.media_token_id)
+    codec = load_tokenizer(cfg.model.tokenizer or cfg.model.llm, lambda uri: local_copy(uri, cache))
+    model = build_model(cfg, codec.media_token_id, cache)
     llm_cfg = model.llm.config
     kv_replication(int(llm_cfg.num_attention_heads), int(llm_cfg.num_key_value_heads or 0), layout.ulysses)
     if t.lora.enabled:
@@ -149,7 +188,20 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
     total = t.max_steps or loader.rounds_in_epoch() // t.grad_accum  # one pass over the data
     state = training_state(model, optimizer, loader, 0, t.grad_accum * layout.dp, total)
-    if resume is not None:
+    done = resume is not None and store.manifest(resume).meta.get("weights") == MERGED
+    if done:  # a crash after the merged final checkpoint was committed, before final.json
+        if t.max_steps not in (None, resume):
+            raise ConfigError(
+                f"train.max_steps={t.max_steps}: this LoRA stage already ended at step {resume} "
+                "with merged weights; it cannot train further"
+            )
+        state["progress"] = {
+            "step": resume,
+            "packs_per_step": state["progress"]["packs_per_step"],
+            "max_steps": resume,
+        }
+        say(rank, f"step {resume} of {job.uri} holds the stage's merged final weights; nothing to train")
+    elif resume is not None:
         loaded = store.load(state)
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
         loader.load_state_dict(state["loader"])
@@ -160,9 +212,13 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             f"resumed from step {loaded.step} of {job.uri} (written by {loaded.manifest.world_size} ranks)",
         )
     elif job.init:  # the previous stage's committed weights; optimizer and data start fresh
-        weights = {"model": state["model"]}
+        own = state["model"]
+        names = plain_names(own)  # under LoRA the checkpoint's `P.weight` fills `P.base.weight`
+        weights = {"model": {plain: own[mine] for plain, mine in names.items()}}
         loaded = CheckpointStore.from_uri(job.init, staging=cache / "staging").load(weights, step="final")
-        set_model_state_dict(model, weights["model"])
+        set_model_state_dict(
+            model, {**own, **{mine: weights["model"][plain] for plain, mine in names.items()}}
+        )
         say(rank, f"initialised weights from step {loaded.step} of {job.init}")
     progress = state["progress"]
     step, packs = int(progress["step"]), int(progress["packs_per_step"])
@@ -188,9 +244,15 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         if rank == 0:
             print(json.dumps(record), flush=True)
             print(loop.progress_line(record), file=sys.stderr, flush=True)
+        if step == total and t.lora.enabled:
+            break  # the last step's checkpoint holds the merged weights (below)
         if step % cfg.checkpoint.every_steps == 0 or step == total:
             state = training_state(model, optimizer, loader, step, packs, total)
-            store.save(step, state, rank_state={"rng": torch.get_rng_state()}, meta={"stage": cfg.stage.name})
+            store.save(step, state, rank_state={"rng": torch.get_rng_state()}, meta=checkpoint_meta(cfg))
+    if t.lora.enabled and not done:
+        merged = merged_state(model, loader, total, packs, total, t.lora.alpha / t.lora.rank)
+        store.save(total, merged, meta={"stage": cfg.stage.name, "weights": MERGED})
+        say(rank, f"step {total}: LoRA adapters merged into the final weights")
     if rank == 0:
         store.mark_final(total)
     if layout.world > 1:

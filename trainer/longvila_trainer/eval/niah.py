@@ -1,35 +1,41 @@
 """Needle-in-a-haystack eval for long video under sequence parallelism, and its CLI.
 
     python -m longvila_trainer.eval.niah --preset tiny --frames 8,16,32 \\
-        --depths 0,0.25,0.5,0.75,1 [--ulysses U --ring R] [--weights DIR|s3://…] [--out DIR]
+        --depths 0,0.25,0.5,0.75,1 [--ulysses U --ring R] [--weights URI] [--out DIR]
 
 For each haystack length and depth the needle case (`needle.py`) runs through the SP
 prefill (`prefill.py`) on U·R processes; the argmax at the answer positions is scored by
 exact match. Without torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR) the CLI spawns
 U·R local gloo processes on CPU; under torchrun it joins the given group (world = U·R).
 Rank 0 prints the table and writes niah.{json,md,txt,png} to --out (`report.py`).
+`--weights` is a stage's checkpoint URI (model/weights.py `load_weights`: its final
+checkpoint, else its newest complete one); without it the preset's random weights.
+Checkpoints hold weights, not the model config: weights trained with a raised RoPE base
+(context extension's `ropeTheta`) need `--rope-theta` with the same value.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import cast
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..checkpoint.s3 import StorageError
+from ..checkpoint.store import CheckpointNotFoundError, CheckpointStore
 from ..data.synthetic import haystack_frames, make_needle
 from ..data.tokenizer import TextCodec, load_tokenizer
 from ..data.video import decode_video
 from ..model.longvila import LongVILA, build_longvila
 from ..model.presets import PRESETS
+from ..model.weights import load_weights, weights_step
 from ..parallel.groups import SPGroups, build_groups, single_process_groups
 from ..parallel.layout import ParallelLayout
 from ..parallel.spawn import run_gloo
@@ -39,11 +45,6 @@ from .prefill import prefill
 from .report import write_report
 
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-WEIGHTS_LOADER = "longvila_trainer.train.load_weights"
-
-
-class MissingLoaderError(RuntimeError):
-    """--weights was given but the trainer exposes no checkpoint → model loader yet."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class NiahSpec:
     tokenizer: str = "tiny"
     haystack: str | None = None  # a video file; None = the synthetic moving-square haystack
     weights: str | None = None
+    rope_theta: float | None = None  # the RoPE base the weights were trained with; None = the preset's
 
     @property
     def frame_size(self) -> int:
@@ -109,22 +111,9 @@ def video_haystack(path: str) -> Haystack:
     return frames
 
 
-def weights_loader(source: str) -> Callable[[LongVILA, str], None]:
-    """The trainer's own checkpoint → model loader, or an error naming what is missing."""
-    try:
-        train = importlib.import_module("longvila_trainer.train")
-    except ModuleNotFoundError as e:
-        if e.name != "longvila_trainer.train":
-            raise
-        train = None
-    loader = getattr(train, "load_weights", None)
-    if not callable(loader):
-        raise MissingLoaderError(
-            f"--weights {source}: the trainer has no checkpoint → model loader "
-            f"({WEIGHTS_LOADER}(model, source) does not exist yet); leave out --weights to "
-            "evaluate random weights"
-        )
-    return cast(Callable[[LongVILA, str], None], loader)
+def check_weights(source: str) -> int:
+    """Before spawning: `source` has a checkpoint load_weights can read; its step (reads only)."""
+    return weights_step(CheckpointStore.from_uri(source, staging=Path(tempfile.gettempdir())), source)
 
 
 def worker(
@@ -137,11 +126,14 @@ def worker(
     """One rank of the eval: model, groups, grid. `state` (a state dict) overrides weights."""
     del rank
     torch.manual_seed(spec.seed)
-    model = build_longvila(PRESETS[spec.preset], seed=spec.seed)
+    preset = PRESETS[spec.preset]
+    if spec.rope_theta is not None:  # a context-extended checkpoint needs its raised base back
+        preset = replace(preset, llm={**preset.llm, "rope_theta": spec.rope_theta})
+    model = build_longvila(preset, seed=spec.seed)
     if state is not None:
         model.load_state_dict(state)
     elif spec.weights is not None:
-        weights_loader(spec.weights)(model, spec.weights)
+        load_weights(model, spec.weights)  # a stage checkpoint (final, else newest complete)
     codec = load_tokenizer(spec.tokenizer)
     layout = ParallelLayout(world, spec.ulysses, spec.ring)
     if layout.dp != 1:
@@ -177,7 +169,15 @@ def parse_args(argv: Sequence[str] | None) -> tuple[NiahSpec, Path | None]:
     p.add_argument("--size", type=int, default=None, help="frame side in px (default: the preset's)")
     p.add_argument("--tokenizer", default="tiny")
     p.add_argument("--haystack", default=None, help="a video file (default: synthetic)")
-    p.add_argument("--weights", default=None, help="a checkpoint directory or s3:// URI")
+    p.add_argument(
+        "--weights", default=None, help="a stage's checkpoint URI: file:///dir or s3://bucket/prefix"
+    )
+    p.add_argument(
+        "--rope-theta",
+        type=float,
+        default=None,
+        help="RoPE base the weights were trained with (a stage's ropeTheta; default: the preset's)",
+    )
     p.add_argument("--out", type=Path, default=None, help="directory for niah.{json,md,txt,png}")
     a = p.parse_args(argv)
     frames, depths = parse_grid(a.frames, a.depths)
@@ -186,10 +186,14 @@ def parse_args(argv: Sequence[str] | None) -> tuple[NiahSpec, Path | None]:
     if a.needles < 1:
         raise ValueError(f"--needles must be ≥ 1, got {a.needles}")
     ParallelLayout(a.ulysses * a.ring, a.ulysses, a.ring)  # validates U and R
+    if a.rope_theta is not None and a.rope_theta <= 0:
+        raise ValueError(f"--rope-theta must be > 0, got {a.rope_theta}")
+    if a.weights is not None and not a.weights.startswith(("s3://", "file://")):
+        a.weights = f"file://{Path(a.weights).resolve()}"  # a local checkpoint directory
     spec = NiahSpec(
         preset=a.preset, frames=frames, depths=depths, ulysses=a.ulysses, ring=a.ring, kind=a.layout,
         needles=a.needles, seed=a.seed, size=a.size, tokenizer=a.tokenizer, haystack=a.haystack,
-        weights=a.weights,
+        weights=a.weights, rope_theta=a.rope_theta,
     )  # fmt: skip
     return spec, a.out
 
@@ -198,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         spec, out = parse_args(argv)
         if spec.weights is not None:
-            weights_loader(spec.weights)  # fail before spawning anything
+            check_weights(spec.weights)  # fail before spawning anything
         if all(k in os.environ for k in TORCHRUN_ENV):
             dist.init_process_group("gloo")
             try:
@@ -208,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 dist.destroy_process_group()
         else:
             cells, lead = run(spec), True
-    except (ValueError, MissingLoaderError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, CheckpointNotFoundError, StorageError) as e:
         print(f"error: {e}".splitlines()[0], file=sys.stderr)
         return 2
     if lead:

@@ -1,22 +1,33 @@
-"""The model a config asks for: a tiny random preset, or real weights from local HF directories.
+"""Where the model's weights come from: a tiny random preset, HF directories, or a checkpoint.
 
-Nothing is ever downloaded from a hub: `model.llm` / `model.vision_tower` must name local
-directories (`/dir` or `file:///dir`) holding config.json and the weights, or the run fails
-with one line naming the field. s3:// weight prefixes are not supported yet (they need the
-same fetch-to-local-dir step the data path uses).
+`model.llm` / `model.vision_tower` name HF-layout directories: local (`/dir`, `file:///dir`)
+or `s3://bucket/prefix`, fetched once into the cache dir (fetch.py). Nothing is ever
+downloaded from a hub. A prefix or directory without config.json fails with one line naming
+the field. The projector is new in stage 1 and seeded with `train.seed`, so every rank
+builds the same initial weights (FSDP shards each rank's own copy).
+
+`load_weights(model, source)` puts a stage's checkpoint into an unsharded model (the NIAH
+eval's `--weights`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from transformers import Qwen2ForCausalLM, SiglipVisionModel
+import torch
+from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipVisionModel
 
-from ..config import TrainerConfig
+from ..checkpoint.s3 import open_storage
+from ..checkpoint.store import CheckpointNotFoundError, CheckpointStore
+from ..config import LoraConfig, TrainerConfig
+from ..fetch import local_copy
 from ..hf_attention import register_usp_attention
 from .longvila import LongVILA, build_longvila
+from .lora import apply_lora, merge_lora
 from .presets import PRESETS
 from .projector import Projector
 from .vision import VisionTower
@@ -26,19 +37,34 @@ class WeightsError(ValueError):
     """Weights that are missing or cannot be used; the message names the config field."""
 
 
-def weights_dir(field: str, uri: str) -> Path:
+def check_weights(field: str, uri: str) -> None:
+    """Before any process group: the directory or S3 prefix holds config.json."""
     if uri.startswith("s3://"):
-        raise WeightsError(f"{field}={uri!r}: s3:// weights are not supported yet; copy them to a local dir")
+        if "config.json" not in open_storage(uri).listing("config.json"):
+            raise WeightsError(
+                f"{field}={uri!r}: no config.json under that S3 prefix (an HF directory is expected)"
+            )
+    else:
+        weights_dir(field, uri)
+
+
+def weights_dir(field: str, uri: str, cache: Path | None = None) -> Path:
+    """The local HF directory of `uri`; an s3:// prefix is first copied under `cache`."""
+    if uri.startswith("s3://"):
+        if cache is None:
+            raise WeightsError(f"{field}={uri!r}: s3:// weights need a cache directory to be fetched into")
+        check_weights(field, uri)
+        return local_copy(uri, cache)
     path = Path(uri.removeprefix("file://"))
     if not (path / "config.json").is_file():
         raise WeightsError(
             f"{field}={uri!r}: no config.json in {path} (weights are never downloaded; "
-            "give a local HF directory)"
+            "give a local HF directory or an s3:// prefix)"
         )
     return path
 
 
-def build_model(cfg: TrainerConfig, media_token_id: int) -> LongVILA:
+def build_model(cfg: TrainerConfig, media_token_id: int, cache: Path | None = None) -> LongVILA:
     """Random tiny weights (`model.preset`, seeded by train.seed) or the weights directories."""
     rope: dict[str, Any] = {"rope_theta": cfg.train.rope_theta} if cfg.train.rope_theta else {}
     if cfg.model.preset:
@@ -47,11 +73,51 @@ def build_model(cfg: TrainerConfig, media_token_id: int) -> LongVILA:
         preset = PRESETS[cfg.model.preset]
         preset = dataclasses.replace(preset, llm={**preset.llm, **rope})
         return build_longvila(preset, seed=cfg.train.seed)
-    llm_dir = weights_dir("model.llm", cfg.model.llm)
-    tower_dir = weights_dir("model.vision_tower", cfg.model.vision_tower)
+    llm_dir = weights_dir("model.llm", cfg.model.llm, cache)
+    tower_dir = weights_dir("model.vision_tower", cfg.model.vision_tower, cache)
     impl = register_usp_attention()
-    llm = Qwen2ForCausalLM.from_pretrained(llm_dir, local_files_only=True, attn_implementation=impl, **rope)
+    config = Qwen2Config.from_pretrained(llm_dir, local_files_only=True)
+    if cfg.train.rope_theta:  # transformers 5 keeps the base in rope_parameters, not a kwarg
+        config.rope_parameters = {**(config.rope_parameters or {}), "rope_theta": cfg.train.rope_theta}
+    llm = Qwen2ForCausalLM.from_pretrained(
+        llm_dir, config=config, local_files_only=True, attn_implementation=impl
+    )
     siglip = SiglipVisionModel.from_pretrained(tower_dir, local_files_only=True)
     tower = VisionTower(siglip)
-    projector = Projector(tower.hidden_size, int(llm.config.hidden_size))  # stage 1 trains it
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.train.seed)  # stage 1 trains it; the same on every rank
+        projector = Projector(tower.hidden_size, int(llm.config.hidden_size))
     return LongVILA(tower, projector, llm, media_token_id)
+
+
+def load_weights(model: LongVILA, source: str, staging: Path | None = None) -> int:
+    """A stage's weights (s3:// or file:// checkpoint URI) into an unsharded model, in place.
+
+    Loads the step `final.json` names, else the newest complete checkpoint; an intermediate
+    checkpoint of a LoRA stage (manifest meta `lora`) is loaded with its adapters, which are
+    then merged. Collective when a process group is initialised. Returns the step loaded.
+    """
+    with tempfile.TemporaryDirectory(prefix="longvila-weights-") as tmp:
+        store = CheckpointStore.from_uri(source, staging=staging or Path(tmp))
+        step = weights_step(store, source)
+        lora = store.manifest(step).meta.get("lora")
+        if lora:
+            adapters = LoraConfig(
+                True, int(lora["rank"]), float(lora["alpha"]), targets=tuple(lora["targets"])
+            )
+            apply_lora(model.llm, adapters, seed=0)
+        state = {"model": get_model_state_dict(model)}
+        store.load(state, step=step)
+        set_model_state_dict(model, state["model"])
+        if lora:
+            merge_lora(model.llm)
+    return step
+
+
+def weights_step(store: CheckpointStore, source: str) -> int:
+    """The step load_weights reads: the committed final one, else the newest complete one."""
+    step = store.final_step()
+    step = store.latest_complete() if step is None else step
+    if step is None:
+        raise CheckpointNotFoundError(f"weights {source}: no final.json and no complete checkpoint there")
+    return step
