@@ -6,10 +6,10 @@ NODES ?= 4
 GPUS ?= 8
 DOMAINS ?= 2
 
-.PHONY: help venv lint typecheck test test-fast binaries cluster-up cluster-down cluster-status fail-node demo bench-attention
+.PHONY: help venv lint typecheck test test-fast binaries cluster-up cluster-down cluster-status fail-node demo run-pods bench-attention
 
 help:
-	@echo "make demo          run the LongVILAJob demo on a local cluster (tiny model, synthetic data)"
+	@echo "make demo          kubectl apply a LongVILAJob on a local cluster and train it (tiny model, CPU)"
 	@echo "make test          lint, type check and the full test suite (what CI runs)"
 	@echo "make cluster-up    start the local cluster (NODES=$(NODES) GPUS=$(GPUS) DOMAINS=$(DOMAINS))"
 	@echo "make cluster-down  stop every process the local cluster started"
@@ -48,8 +48,13 @@ fail-node: venv
 	@test -n "$(NODE)" || { echo "usage: make fail-node NODE=<node name>"; exit 2; }
 	$(PY) -m longvila_localcluster.cli fail-node $(NODE)
 
-demo: venv
+# kubectl apply a LongVILAJob on a fresh local cluster and train it for real (tiny model, CPU).
+demo: venv binaries
 	$(PY) -m longvila_localcluster.cli demo
+
+# Run the operator's pods on fake nodes of a running `make cluster-up` cluster as local processes.
+run-pods: venv
+	$(PY) -m longvila_localcluster.cli run-pods
 
 bench-attention: venv
 	$(PY) -m longvila_trainer.bench.attention

@@ -96,9 +96,34 @@ def cmd_build(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
+    from .demo import DemoError, DemoOptions, run_demo
+
+    opts = DemoOptions(work=a.work, fail_node=a.fail_node, niah=a.niah, keep=a.keep, timeout_s=a.timeout)
+    try:
+        run_demo(opts)
+    except DemoError as e:
+        print(f"demo failed: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_smoke(a: argparse.Namespace) -> int:
     from .smoke import run_smoke_demo
 
     return run_smoke_demo(a.dir)
+
+
+def cmd_run_pods(a: argparse.Namespace) -> int:
+    from .podrunner import TRAINER_PODS, PodRunner
+
+    info = _info(a.dir)
+    runner = PodRunner(info, a.dir / "runner", selectors=(TRAINER_PODS, *a.selector))
+    print(f"running pods matching {', '.join(runner.selectors)}; logs under {a.dir / 'runner' / 'pods'}")
+    try:
+        runner.loop()
+    except KeyboardInterrupt:
+        runner.stop()
+    return 0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -123,7 +148,19 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true")
     e.set_defaults(fn=cmd_env)
     sub.add_parser("build", help="build (or find cached) binaries").set_defaults(fn=cmd_build)
-    sub.add_parser("demo", help="the cluster smoke demo").set_defaults(fn=cmd_demo)
+    d = sub.add_parser("demo", help="kubectl apply a LongVILAJob and train it for real (make demo)")
+    d.add_argument("--work", type=Path, default=Path(".demo"), help="demo directory (default: .demo)")
+    d.add_argument("--no-fail-node", dest="fail_node", action="store_false", help="skip the node failure")
+    d.add_argument("--no-niah", dest="niah", action="store_false", help="skip the needle-in-a-haystack table")
+    d.add_argument("--keep", action="store_true", help="keep the cluster up at the end until Ctrl-C")
+    d.add_argument("--timeout", type=float, default=1200.0, help="seconds the job may take")
+    d.set_defaults(fn=cmd_demo)
+    sub.add_parser("smoke", help="the cluster smoke check: a GPU pod, then its node fails").set_defaults(
+        fn=cmd_smoke
+    )
+    rp = sub.add_parser("run-pods", help="run the operator's pods on fake nodes as local processes")
+    rp.add_argument("--selector", action="append", default=[], help="also run pods with these labels")
+    rp.set_defaults(fn=cmd_run_pods)
     return p
 
 
