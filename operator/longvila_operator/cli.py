@@ -121,6 +121,7 @@ def parser() -> argparse.ArgumentParser:
     )
     cr = sub.add_parser("crd", help="print the CustomResourceDefinition (or, with --docs, its reference)")
     cr.add_argument("--docs", action="store_true", help="print docs/operator-api.md instead")
+    cr.add_argument("--summary", action="store_true", help="print the README's resource table instead")
     return p
 
 
@@ -128,7 +129,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     out, err = out or sys.stdout, err or sys.stderr
     args = parser().parse_args(argv)
     if args.command == "crd":
-        out.write(reference.render() if args.docs else crd.render())
+        if args.summary:
+            out.write(reference.summary() + "\n")
+        else:
+            out.write(reference.render() if args.docs else crd.render())
         return 0
     try:
         return cmd_plan(args, out)

@@ -66,6 +66,27 @@ def rows(s: dict[str, Any], path: str, out: list[str], rules: list[str]) -> None
         rows(sub, f"{path}.{name}", out, rules)
 
 
+README_BEGIN = "<!-- BEGIN generated: longvila crd --summary -->"
+README_END = "<!-- END generated -->"
+
+
+def summary(depth: int = 3) -> str:
+    """The README's resource table: spec fields down to `depth` dots below spec, typed and
+    described; the full reference (constraints, CEL rules, status) is docs/operator-api.md."""
+    schema = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    lines: list[str] = []
+    rows(schema["properties"]["spec"], "spec", lines, [])
+    keep = []
+    for line in lines:
+        path, typ, default, facts, desc = (c.strip() for c in line.strip("|").split(" | "))
+        if path.strip("`").count(".") <= depth:
+            req = " (required)" if facts.startswith("required") else ""
+            dflt = f" Default {default}." if default else ""
+            keep.append(f"| {path} | {typ}{req} | {desc}{dflt} |")
+    body = "\n".join(["| Field | Type | Description |", "|---|---|---|", *keep])
+    return f"{README_BEGIN}\n{body}\n{README_END}"
+
+
 def render() -> str:
     schema = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     head = "| Field | Type | Default | Constraints | Description |\n|---|---|---|---|---|"

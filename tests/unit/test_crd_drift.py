@@ -49,3 +49,12 @@ def test_drift_message_names_the_command() -> None:
     stale = ROOT / crd.COMMITTED_PATH
     message = drift(stale, crd.render() + "# edited by hand\n", crd.REGENERATE)
     assert ".venv/bin/longvila crd > operator/config/crd/longvila.io_longvilajobs.yaml" in message
+
+
+def test_readme_resource_table_is_generated() -> None:
+    readme = (ROOT / "README.md").read_text()
+    begin, end = readme.find(reference.README_BEGIN), readme.find(reference.README_END)
+    assert begin >= 0 and end > begin, "README.md lost its generated resource table markers"
+    committed = readme[begin : end + len(reference.README_END)]
+    problem = "" if committed == reference.summary() else "README.md's resource table is stale"
+    assert not problem, f"{problem}; replace it with the output of: .venv/bin/longvila crd --summary"
