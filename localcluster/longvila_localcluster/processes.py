@@ -35,6 +35,9 @@ class Recorded:
     argv0: str
 
 
+KILL_WAIT_S = 10.0
+
+
 def _cmdline(pid: int) -> list[str]:
     try:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -122,6 +125,12 @@ class Supervisor:
             if _alive(r.pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(r.pid, signal.SIGKILL)
+                # SIGKILL lands only when an uninterruptible (disk) wait ends: on a loaded
+                # machine that takes a moment, and `down` promises nothing is left running.
+                killed = time.monotonic() + KILL_WAIT_S
+                while _alive(r.pid) and time.monotonic() < killed:
+                    self._reap(r.pid)
+                    time.sleep(0.05)
             self._reap(r.pid)
         self.state_file.unlink(missing_ok=True)
         self.procs.clear()
