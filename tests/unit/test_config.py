@@ -161,6 +161,8 @@ def test_minimal_config_and_defaults() -> None:
             "train.trainable: 'vision' is not one of projector, projector+llm",
         ),
         ({"stage": {"type": "sft"}}, "stage.type: 'sft' is not one of alignment, pretraining"),
+        ({"train": {"engine": "megatron"}}, "train.engine: 'megatron' is not one of fsdp, deepspeed"),
+        ({"train": {"zero_stage": 3}}, "train.zero_stage: 3 is not one of 1, 2 (for parameters sharded"),
         ({"train": {"lr": 0}}, "train.lr: must be > 0, got 0.0"),
         ({"data": {"uri": ""}}, "data.uri: required"),
         ({"model": {"preset": ""}}, "model.llm: set model.llm and model.vision_tower"),

@@ -27,6 +27,8 @@ import yaml
 from .env_contract import STAGE_TYPES
 
 SCHEDULES = ("constant_with_warmup", "cosine")
+ENGINES = ("fsdp", "deepspeed")  # FSDP2 (parallelize.py) or DeepSpeed ZeRO 1/2 (zero.py)
+ZERO_STAGES = (1, 2)
 TRAINABLE = ("projector", "projector+llm", "all", "llm")
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -95,6 +97,8 @@ class TrainConfig:
     context_length: int | None = None  # tokens per sequence (rendered from stages[].contextLength)
     rope_theta: float | None = None  # RoPE base (stages[].ropeTheta); None = the model's
     frames: int | None = None  # frames sampled per video (stages[].frames)
+    engine: str = "fsdp"  # one of ENGINES: who shards optimizer state and reduces gradients
+    zero_stage: int = 2  # engine deepspeed: ZeRO stage (1 optimizer state, 2 + gradients)
 
     @property
     def budget(self) -> int:
@@ -186,6 +190,13 @@ def _problems(cfg: TrainerConfig) -> list[str]:
     p = []
     if t.schedule not in SCHEDULES:
         p.append(f"train.schedule: {t.schedule!r} is not one of {', '.join(SCHEDULES)}")
+    if t.engine not in ENGINES:
+        p.append(f"train.engine: {t.engine!r} is not one of {', '.join(ENGINES)}")
+    if t.zero_stage not in ZERO_STAGES:
+        p.append(
+            f"train.zero_stage: {t.zero_stage} is not one of 1, 2 "
+            "(for parameters sharded too, use train.engine fsdp: FSDP2 shards all three)"
+        )
     if t.trainable not in TRAINABLE:
         p.append(f"train.trainable: {t.trainable!r} is not one of {', '.join(TRAINABLE)}")
     if cfg.stage.type and cfg.stage.type not in STAGE_TYPES:

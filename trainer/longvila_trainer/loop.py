@@ -141,8 +141,14 @@ def train_step(
             p.grad.mul_(scale)
     norm = clip_grad_norm(params, clip)
     optimizer.step()
-    # Logging only: the step's loss and tokens over the world (each SP group counts its batch once).
-    counts = torch.tensor([float(loss_sum), tokens / groups.layout.sp], dtype=torch.float64)
+    return step_stats(float(loss_sum), n_targets, tokens, groups, norm, lr)
+
+
+def step_stats(
+    loss_sum: float, n_targets: int, tokens: int, groups: SPGroups, norm: float, lr: float
+) -> StepStats:
+    """Logging only: the step's loss and tokens over the world (each SP group counts its batch once)."""
+    counts = torch.tensor([loss_sum, tokens / groups.layout.sp], dtype=torch.float64)
     if dist.is_initialized() and groups.layout.world > 1:
         dist.all_reduce(counts)
     return StepStats(float(counts[0]) / max(n_targets, 1), n_targets, round(float(counts[1])), norm, lr)

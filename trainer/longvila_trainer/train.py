@@ -29,9 +29,6 @@ import torch.distributed as dist
 from torch.distributed import PrefixStore, TCPStore  # type: ignore[attr-defined]
 from torch.distributed.checkpoint.state_dict import (
     get_model_state_dict,
-    get_state_dict,
-    set_model_state_dict,
-    set_state_dict,
 )
 
 from . import env_contract as E
@@ -43,6 +40,7 @@ from .config import ConfigError, TrainerConfig, load_config, with_stage
 from .data.loader import PackedLoader, build_loader, open_stage_data
 from .data.packing import tokens_per_frame
 from .data.tokenizer import load_tokenizer
+from .engines import Engine, make_engine
 from .fetch import local_copy
 from .model.longvila import LongVILA
 from .model.lora import MERGED, apply_lora, merge_lora_state, plain_names
@@ -108,17 +106,16 @@ def plan(args: argparse.Namespace, environ: Mapping[str, str]) -> Plan:
     return out
 
 
-def training_state(
-    model: LongVILA, optimizer: torch.optim.Optimizer, loader: PackedLoader, step: int, packs: int, total: int
-) -> dict[str, Any]:
-    """What a checkpoint holds: model + optimizer (DTensors under FSDP), loader position, progress.
+def training_state(engine: Engine, loader: PackedLoader, step: int, packs: int, total: int) -> dict[str, Any]:
+    """What a checkpoint holds: model + optimizer by name (DTensors under FSDP, full tensors
+    under ZeRO), loader position, progress.
 
     `packs_per_step` (and `max_steps` when derived from the data) are fixed at the stage's
     first start and kept by every resume, so a smaller world trains the same global batch on
     the same LR schedule.
     """
-    model_sd, optim_sd = get_state_dict(model, optimizer)
     progress = {"step": step, "packs_per_step": packs, "max_steps": total}
+    model_sd, optim_sd = engine.model_state(), engine.optimizer_state()
     return {"model": model_sd, "optimizer": optim_sd, "loader": loader.state_dict(), "progress": progress}
 
 
@@ -174,10 +171,10 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if t.lora.enabled:
         apply_lora(model.llm, t.lora, t.seed)
     loop.set_trainable(model, t)
-    model = parallelize(model, groups, ParallelizeOptions(precision="bf16" if cuda else "fp32"), device.type)
+    opts = ParallelizeOptions(fsdp=t.engine == "fsdp", precision="bf16" if cuda else "fp32")
+    model = parallelize(model, groups, opts, device.type)
     model.to(device).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    engine = make_engine(model, t, groups, bf16=cuda)
 
     samples = open_stage_data(cfg, codec, cache / "data")
     size = int(model.vision.model.config.image_size)  # type: ignore[arg-type]
@@ -187,57 +184,45 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     )
 
     total = t.max_steps or loader.rounds_in_epoch() // t.grad_accum  # one pass over the data
-    state = training_state(model, optimizer, loader, 0, t.grad_accum * layout.dp, total)
-    done = resume is not None and store.manifest(resume).meta.get("weights") == MERGED
-    if done:  # a crash after the merged final checkpoint was committed, before final.json
-        if t.max_steps not in (None, resume):
+    # Only a resume reads optimizer state: asking for it earlier would make torch initialise
+    # AdamW with a zero-gradient step, and the first real update would run as Adam step 2.
+    progress = {"step": 0, "packs_per_step": t.grad_accum * layout.dp, "max_steps": total}
+    ended = resume if resume is not None and store.manifest(resume).meta.get("weights") == MERGED else None
+    done = ended is not None
+    if ended is not None:  # a crash after the merged final checkpoint was committed, before final.json
+        if t.max_steps not in (None, ended):
             raise ConfigError(
-                f"train.max_steps={t.max_steps}: this LoRA stage already ended at step {resume} "
+                f"train.max_steps={t.max_steps}: this LoRA stage already ended at step {ended} "
                 "with merged weights; it cannot train further"
             )
-        state["progress"] = {
-            "step": resume,
-            "packs_per_step": state["progress"]["packs_per_step"],
-            "max_steps": resume,
-        }
-        say(rank, f"step {resume} of {job.uri} holds the stage's merged final weights; nothing to train")
+        progress = {**progress, "step": ended, "max_steps": ended}
+        say(rank, f"step {ended} of {job.uri} holds the stage's merged final weights; nothing to train")
     elif resume is not None:
+        state = training_state(engine, loader, 0, int(progress["packs_per_step"]), total)
         loaded = store.load(state)
-        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+        engine.load(state["model"], state["optimizer"])
         loader.load_state_dict(state["loader"])
         if loaded.rank_state is not None:
             torch.set_rng_state(loaded.rank_state["rng"])
+        progress = state["progress"]
         say(
             rank,
             f"resumed from step {loaded.step} of {job.uri} (written by {loaded.manifest.world_size} ranks)",
         )
     elif job.init:  # the previous stage's committed weights; optimizer and data start fresh
-        own = state["model"]
+        own = engine.model_state()
         names = plain_names(own)  # under LoRA the checkpoint's `P.weight` fills `P.base.weight`
         weights = {"model": {plain: own[mine] for plain, mine in names.items()}}
         loaded = CheckpointStore.from_uri(job.init, staging=cache / "staging").load(weights, step="final")
-        set_model_state_dict(
-            model, {**own, **{mine: weights["model"][plain] for plain, mine in names.items()}}
-        )
+        engine.load({**own, **{mine: weights["model"][plain] for plain, mine in names.items()}}, None)
         say(rank, f"initialised weights from step {loaded.step} of {job.init}")
-    progress = state["progress"]
     step, packs = int(progress["step"]), int(progress["packs_per_step"])
     total = t.max_steps or int(progress["max_steps"])  # a derived length is kept from the first start
     accum = loop.accumulation(packs, layout.dp)  # dp shrank after a lost node: more micro-steps
 
     while step < total:
         t0, lr = time.perf_counter(), loop.lr_at(step, t, total)
-        stats = loop.train_step(
-            model,
-            optimizer,
-            loader,
-            groups,
-            kind=job.kind,
-            accum=accum,
-            clip=t.clip,
-            lr=lr,
-            tokens_per_frame=tpf,
-        )
+        stats = engine.step(loader, kind=job.kind, accum=accum, lr=lr, tokens_per_frame=tpf)
         step += 1
         memory = loop.max_over_ranks(loop.memory_mib(device), layout.world)
         record = loop.step_record(step, total, stats, time.perf_counter() - t0, memory, world=layout.world)
@@ -247,7 +232,7 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         if step == total and t.lora.enabled:
             break  # the last step's checkpoint holds the merged weights (below)
         if step % cfg.checkpoint.every_steps == 0 or step == total:
-            state = training_state(model, optimizer, loader, step, packs, total)
+            state = training_state(engine, loader, step, packs, total)
             store.save(step, state, rank_state={"rng": torch.get_rng_state()}, meta=checkpoint_meta(cfg))
     if t.lora.enabled and not done:
         merged = merged_state(model, loader, total, packs, total, t.lora.alpha / t.lora.rank)
