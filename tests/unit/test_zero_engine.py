@@ -10,7 +10,7 @@ import torch
 from longvila_trainer.config import ConfigError, TrainConfig
 from longvila_trainer.model.longvila import PackedBatch
 from longvila_trainer.sharding.frames import IGNORE_INDEX
-from longvila_trainer.zero import batch_targets, ds_config, import_deepspeed
+from longvila_trainer.zero import BUCKET_ELEMENTS, batch_targets, ds_config, import_deepspeed
 
 
 def test_config_lets_the_loop_own_accumulation_and_clips_like_fsdp() -> None:
@@ -19,6 +19,13 @@ def test_config_lets_the_loop_own_accumulation_and_clips_like_fsdp() -> None:
     assert cfg["gradient_accumulation_steps"] == 1 and cfg["train_micro_batch_size_per_gpu"] == 1
     assert cfg["bf16"] == {"enabled": False}
     assert ds_config(TrainConfig(), bf16=True)["bf16"] == {"enabled": True}
+
+
+def test_buckets_never_exceed_the_trainable_parameters() -> None:
+    zero = ds_config(TrainConfig(), bf16=False, trainable=1234)["zero_optimization"]
+    assert zero["reduce_bucket_size"] == zero["allgather_bucket_size"] == 1234
+    big = ds_config(TrainConfig(), bf16=False, trainable=7_000_000_000)["zero_optimization"]
+    assert big["reduce_bucket_size"] == BUCKET_ELEMENTS  # DeepSpeed's default caps a large model
 
 
 def test_targets_counted_from_labels_skip_each_documents_first_token() -> None:

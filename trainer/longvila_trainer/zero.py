@@ -50,13 +50,22 @@ def import_deepspeed() -> Any:
     return deepspeed
 
 
-def ds_config(t: TrainConfig, bf16: bool) -> dict[str, Any]:
-    """DeepSpeed's config for one micro-batch per call; accumulation boundaries are set per step."""
+BUCKET_ELEMENTS = 500_000_000  # DeepSpeed's default reduce/all-gather bucket
+
+
+def ds_config(t: TrainConfig, bf16: bool, trainable: int = BUCKET_ELEMENTS) -> dict[str, Any]:
+    """DeepSpeed's config for one micro-batch per call; accumulation boundaries are set per step.
+
+    Buckets are never larger than the trainable parameters: DeepSpeed allocates them whole
+    (its default, 5e8 elements, is 2 GB of fp32 for a model of any size)."""
+    bucket = max(1, min(BUCKET_ELEMENTS, trainable))
+    zero = {"stage": t.zero_stage, "overlap_comm": False}
+    zero |= {"reduce_bucket_size": bucket, "allgather_bucket_size": bucket}
     return {
         "train_micro_batch_size_per_gpu": 1,
         "gradient_accumulation_steps": 1,
         "gradient_clipping": t.clip,
-        "zero_optimization": {"stage": t.zero_stage, "overlap_comm": False},
+        "zero_optimization": zero,
         "bf16": {"enabled": bf16},
         "steps_per_print": 2**31 - 1,
         "wall_clock_breakdown": False,
@@ -91,7 +100,8 @@ class ZeroEngine:
             params = list(self.names)
             optimizer = torch.optim.AdamW(params, lr=self.t.lr, weight_decay=self.t.weight_decay)
             self.engine, *_ = self.deepspeed.initialize(
-                model=self.model, optimizer=optimizer, config=ds_config(self.t, self.bf16),
+                model=self.model, optimizer=optimizer,
+                config=ds_config(self.t, self.bf16, sum(p.numel() for p in params)),
                 dist_init_required=False,
             )  # fmt: skip
             if self.pending is not None:

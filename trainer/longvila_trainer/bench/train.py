@@ -1,7 +1,7 @@
 """Training benchmark of the tiny model on CPU: tokens/s and peak memory per rank for SP = 1, 2, 4,
 and the time from a SIGKILLed worker to training resumed (torchrun restart + S3 load).
 
-python -m longvila_trainer.bench.train [--steps 5] [--json]
+python -m longvila_trainer.bench.train [--steps 5] [--sp 1 2 4] [--engine fsdp|deepspeed] [--no-kill] [--json]
 
 Every run is the real entry point under torchrun with the env contract (env_contract.render),
 checkpointing to a private versitygw (longvila_localcluster.s3.private_s3). tokens/s is the median
@@ -37,8 +37,8 @@ PRESET = "tiny-long-video-sft"
 LAYOUTS = {1: (1, 1), 2: (2, 1), 4: (2, 2)}  # sp → (ulysses, ring)
 
 
-def write_config(path: Path, steps: int, every: int) -> Path:
-    train = {"max_steps": steps, "grad_accum": 1, "warmup_ratio": 0.0}
+def write_config(path: Path, steps: int, every: int, engine: str = "fsdp") -> Path:
+    train = {"max_steps": steps, "grad_accum": 1, "warmup_ratio": 0.0, "engine": engine}
     tree = merge(preset_tree(PRESET), {"train": train, "checkpoint": {"every_steps": every}})
     path.write_text(yaml.safe_dump(tree))
     return path
@@ -80,8 +80,8 @@ def torchrun(nproc: int, restarts: int = 0) -> list[str]:
             f"--max-restarts={restarts}", "-m", "longvila_trainer.train"]  # fmt: skip
 
 
-def throughput(sp: int, steps: int, s3: dict[str, str], work: Path) -> dict[str, Any]:
-    cfg = write_config(work / f"sp{sp}.yaml", steps, every=1000)
+def throughput(sp: int, steps: int, s3: dict[str, str], work: Path, engine: str = "fsdp") -> dict[str, Any]:
+    cfg = write_config(work / f"sp{sp}-{engine}.yaml", steps, every=1000, engine=engine)
     uri = f"s3://{s3['bucket']}/bench-sp{sp}-{uuid.uuid4().hex[:6]}"
     env = worker_env(sp, sp, uri, cfg, s3, work / "cache", 0)
     t0 = time.perf_counter()
@@ -92,6 +92,7 @@ def throughput(sp: int, steps: int, s3: dict[str, str], work: Path) -> dict[str,
     later = recs[1:] or recs
     return {
         "sp": sp,
+        "engine": engine,
         "ulysses_ring": LAYOUTS[sp],
         "tokens_per_s": statistics.median(r["tokens_per_s"] for r in later),
         "step_s": statistics.median(r["step_s"] for r in later),
@@ -146,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--sp", type=int, nargs="*", default=[1, 2, 4])
+    p.add_argument("--engine", choices=("fsdp", "deepspeed"), default="fsdp", help="train.engine")
+    p.add_argument("--no-kill", action="store_true", help="skip the kill → resumed measurement")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
@@ -154,17 +157,19 @@ def main(argv: list[str] | None = None) -> int:
 
         with private_s3(work / "s3") as server:
             s3 = server.as_dict()
-            rows = [throughput(sp, args.steps, s3, work) for sp in args.sp]
-            kill = kill_to_resume(s3, work)
+            rows = [throughput(sp, args.steps, s3, work, args.engine) for sp in args.sp]
+            kill = None if args.no_kill else kill_to_resume(s3, work)
     if args.json:
         print(json.dumps({"throughput": rows, "kill": kill}, indent=1))
         return 0
-    print("| SP (U×R) | tokens/s | tokens/s per rank | step s | peak RSS, largest rank (MiB) |")
-    print("|---|---|---|---|---|")
+    print("| engine | SP (U×R) | tokens/s | tokens/s per rank | step s | peak RSS, largest rank (MiB) |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
         u, ring = r["ulysses_ring"]
         figures = f"{r['tokens_per_s']:.0f} | {r['tokens_per_s'] / r['sp']:.0f} | {r['step_s']:.2f}"
-        print(f"| {r['sp']} ({u}×{ring}) | {figures} | {r['rss_peak_mib_max_rank']:.0f} |")
+        print(f"| {r['engine']} | {r['sp']} ({u}×{ring}) | {figures} | {r['rss_peak_mib_max_rank']:.0f} |")
+    if kill is None:
+        return 0
     print(f"kill → checkpoint loaded {kill['kill_to_loaded_s']:.1f} s, → first step done "
           f"{kill['kill_to_first_step_s']:.1f} s (world {kill['world']}, exit {kill['exit']})")  # fmt: skip
     return 0
