@@ -22,14 +22,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch.distributed import PrefixStore, TCPStore  # type: ignore[attr-defined]
-from torch.distributed.checkpoint.state_dict import (
-    get_model_state_dict,
-)
 
 from . import env_contract as E
 from . import loop
@@ -42,7 +39,6 @@ from .data.packing import tokens_per_frame
 from .data.tokenizer import load_tokenizer
 from .engines import Engine, make_engine
 from .fetch import local_copy
-from .model.longvila import LongVILA
 from .model.lora import MERGED, apply_lora, merge_lora_state, plain_names
 from .model.presets import PRESETS
 from .model.weights import WeightsError, build_model, check_weights
@@ -120,7 +116,7 @@ def training_state(engine: Engine, loader: PackedLoader, step: int, packs: int, 
 
 
 def merged_state(
-    model: LongVILA, loader: PackedLoader, step: int, packs: int, total: int, scale: float
+    engine: Engine, loader: PackedLoader, step: int, packs: int, total: int, scale: float
 ) -> dict[str, Any]:
     """A LoRA stage's final checkpoint: the weights with B A merged in, under the plain model's
     names (what the next stage, without LoRA, loads), and no optimizer state: the stage is done.
@@ -130,7 +126,7 @@ def merged_state(
     last steps) or this one (resume only writes final.json).
     """
     progress = {"step": step, "packs_per_step": packs, "max_steps": total}
-    model_sd = merge_lora_state(cast(dict[str, torch.Tensor], get_model_state_dict(model)), scale)
+    model_sd = merge_lora_state(engine.model_state(), scale)
     return {"model": model_sd, "loader": loader.state_dict(), "progress": progress}
 
 
@@ -188,7 +184,6 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     # AdamW with a zero-gradient step, and the first real update would run as Adam step 2.
     progress = {"step": 0, "packs_per_step": t.grad_accum * layout.dp, "max_steps": total}
     ended = resume if resume is not None and store.manifest(resume).meta.get("weights") == MERGED else None
-    done = ended is not None
     if ended is not None:  # a crash after the merged final checkpoint was committed, before final.json
         if t.max_steps not in (None, ended):
             raise ConfigError(
@@ -234,8 +229,8 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         if step % cfg.checkpoint.every_steps == 0 or step == total:
             state = training_state(engine, loader, step, packs, total)
             store.save(step, state, rank_state={"rng": torch.get_rng_state()}, meta=checkpoint_meta(cfg))
-    if t.lora.enabled and not done:
-        merged = merged_state(model, loader, total, packs, total, t.lora.alpha / t.lora.rank)
+    if t.lora.enabled and ended is None:
+        merged = merged_state(engine, loader, total, packs, total, t.lora.alpha / t.lora.rank)
         store.save(total, merged, meta={"stage": cfg.stage.name, "weights": MERGED})
         say(rank, f"step {total}: LoRA adapters merged into the final weights")
     if rank == 0:

@@ -163,8 +163,7 @@ class ZeroEngine:
         for p, name in self.names.items():
             zeros = {k: torch.zeros_like(p, dtype=torch.float32) for k in ADAM_KEYS}
             state[name] = {"step": torch.tensor(0.0), **zeros}
-        hyper = {"lr": self.t.lr, "weight_decay": self.t.weight_decay}
-        return {"state": state, "param_groups": [{**hyper, "params": list(self.names.values())}]}
+        return {"state": state}  # saved param_groups are not read back: lr is set every step
 
     def _group(self, group: dict[str, Any]) -> dict[str, Any]:
         return {**{k: v for k, v in group.items() if k != "params"}, "params": list(self.names.values())}

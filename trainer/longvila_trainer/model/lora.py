@@ -86,16 +86,13 @@ def merge_lora_state(state: Mapping[str, torch.Tensor], scale: float) -> dict[st
     `P.base.weight` and `P.lora_{A,B}.weight` become `P.weight` = W + scale · B A;
     `P.base.bias` becomes `P.bias`; every other entry is kept as is (same object).
     """
-    adapted = {k.removesuffix(_A) for k in state if k.endswith(_A)}
     out: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        head, sep, tail = key.rpartition(".base.")
-        if sep and head in adapted:
-            if tail == "weight":
-                value = merged_weight(value, state[head + _A], state[head + _B], scale)
-            out[f"{head}.{tail}"] = value
-        elif not (key.endswith((_A, _B)) and key[: -len(_A)] in adapted):
-            out[key] = value
+    for plain, key in plain_names(state).items():
+        value = state[key]
+        if key != plain and key.endswith(".base.weight"):
+            head = key.removesuffix(".base.weight")
+            value = merged_weight(value, state[head + _A], state[head + _B], scale)
+        out[plain] = value
     return out
 
 

@@ -49,13 +49,15 @@ def check_weights(field: str, uri: str) -> None:
 
 
 def weights_dir(field: str, uri: str, cache: Path | None = None) -> Path:
-    """The local HF directory of `uri`; an s3:// prefix is first copied under `cache`."""
+    """The local HF directory of `uri`; an s3:// prefix is first copied under `cache` (its
+    config.json was checked by `check_weights` before any process group; the copy is checked
+    here like any local directory, without listing the prefix again)."""
     if uri.startswith("s3://"):
         if cache is None:
             raise WeightsError(f"{field}={uri!r}: s3:// weights need a cache directory to be fetched into")
-        check_weights(field, uri)
-        return local_copy(uri, cache)
-    path = Path(uri.removeprefix("file://"))
+        path = local_copy(uri, cache)
+    else:
+        path = Path(uri.removeprefix("file://"))
     if not (path / "config.json").is_file():
         raise WeightsError(
             f"{field}={uri!r}: no config.json in {path} (weights are never downloaded; "
