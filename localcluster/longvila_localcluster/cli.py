@@ -101,7 +101,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     opts = DemoOptions(work=a.work, fail_node=a.fail_node, niah=a.niah, keep=a.keep, timeout_s=a.timeout)
     try:
         run_demo(opts)
-    except DemoError as e:
+    except (DemoError, RuntimeError) as e:  # DemoError, or a helm/kubectl step that failed
         print(f"demo failed: {e}", file=sys.stderr)
         return 1
     return 0

@@ -150,6 +150,14 @@ def kubeconfig_text(server: str, ca: Path, token: str) -> str:
     return str(yaml.safe_dump(cfg, sort_keys=False))
 
 
+def write_token_kubeconfig(info: ClusterInfo, token: str, path: Path) -> Path:
+    """A kubeconfig for this cluster that authenticates with `token` (mode 0600); returns path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(kubeconfig_text(info.server, Path(info.run_dir) / "pki" / "ca.crt", token))
+    path.chmod(0o600)
+    return path
+
+
 class LocalCluster:
     def __init__(self, run_dir: Path, binaries: dict[str, Path], die_with_parent: bool = False) -> None:
         self.run_dir = run_dir.resolve()

@@ -104,14 +104,8 @@ def demo_job(path: Path, info: ClusterInfo, weights: Path) -> dict[str, Any]:
     return job
 
 
-def kubectl(info: ClusterInfo, *args: str, stdin: str | None = None) -> str:
-    env = {**os.environ, **info.env()}
-    out = subprocess.run(
-        ["kubectl", *args], env=env, input=stdin, capture_output=True, text=True, check=False
-    )
-    if out.returncode:
-        raise DemoError(f"kubectl {' '.join(args)} failed: {out.stderr.strip()}")
-    return out.stdout
+def kubectl(info: ClusterInfo, *args: str) -> str:
+    return helm.kubectl(info, *args).stdout  # the pinned kubectl; raises RuntimeError on failure
 
 
 def read_job(info: ClusterInfo, name: str) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from .cluster import ClusterInfo, kubeconfig_text
+from .cluster import ClusterInfo, write_token_kubeconfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 CHART_DIR = REPO_ROOT / "charts" / "longvila-operator"
@@ -197,11 +197,7 @@ def service_account_kubeconfig(
     token = kubectl(
         info, "create", "token", service_account, "-n", namespace, "--duration", duration
     ).stdout.strip()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(kubeconfig_text(info.server, Path(info.run_dir) / "pki" / "ca.crt", token))
-    path.chmod(0o600)
-    return path
+    return write_token_kubeconfig(info, token, Path(path))
 
 
 # ---- kubeconform schemas from the apiserver's OpenAPI v3 ----

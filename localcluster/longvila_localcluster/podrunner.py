@@ -41,7 +41,7 @@ from typing import Any
 from longvila_trainer.env_contract import ENTRYPOINT
 
 from . import podspec
-from .cluster import ClusterInfo, LocalCluster, kubeconfig_text
+from .cluster import ClusterInfo, LocalCluster, write_token_kubeconfig
 from .nodes import KWOK_ANNOTATION
 
 _PR_SET_PDEATHSIG, _PR_SET_CHILD_SUBREAPER = 1, 36
@@ -154,10 +154,7 @@ class PodRunner:
         sa = spec.get("serviceAccountName") or "default"
         body = {"spec": {"expirationSeconds": 24 * 3600}}
         token = self.core.create_namespaced_service_account_token(sa, ns, body).status.token
-        path = pod_dir / "kubeconfig"
-        path.write_text(kubeconfig_text(self.info.server, Path(self.info.run_dir) / "pki" / "ca.crt", token))
-        path.chmod(0o600)
-        return {"KUBECONFIG": str(path)}
+        return {"KUBECONFIG": str(write_token_kubeconfig(self.info, token, pod_dir / "kubeconfig"))}
 
     def _live_nodes(self) -> set[str]:
         """Nodes whose 'kubelet' is alive: KWOK still manages them (fail-node removes that)."""
