@@ -6,7 +6,7 @@ NODES ?= 4
 GPUS ?= 8
 DOMAINS ?= 2
 
-.PHONY: help venv lint typecheck test test-fast binaries cluster-up cluster-down cluster-status fail-node demo run-pods bench-attention
+.PHONY: help venv lint typecheck imports test test-fast binaries cluster-up cluster-down cluster-status fail-node demo run-pods bench-attention
 
 help:
 	@echo "make demo          kubectl apply a LongVILAJob on a local cluster and train it (tiny model, CPU)"
@@ -19,13 +19,19 @@ venv:
 	@scripts/bootstrap
 
 lint: venv
-	.venv/bin/ruff check operator trainer localcluster tests
-	.venv/bin/ruff format --check operator trainer localcluster tests
+	.venv/bin/ruff check contract operator trainer localcluster tests
+	.venv/bin/ruff format --check contract operator trainer localcluster tests
 
 typecheck: venv
-	$(PY) -m mypy operator/longvila_operator trainer/longvila_trainer localcluster/longvila_localcluster
+	$(PY) -m mypy contract/longvila_contract operator/longvila_operator trainer/longvila_trainer \
+	  localcluster/longvila_localcluster
 
-test: lint typecheck binaries
+# Who may import whom (pyproject.toml [tool.importlinter]): operator → contract, trainer → contract,
+# localcluster → anything; the contract imports none of them, nor torch or the Kubernetes client.
+imports: venv
+	.venv/bin/lint-imports
+
+test: lint typecheck imports binaries
 	$(PY) -m pytest -p no:cacheprovider
 
 test-fast: venv

@@ -39,7 +39,7 @@ import yaml
 from . import helm
 from .build import ensure_all
 from .cluster import ClusterInfo, LocalCluster, set_node_managed
-from .demo_report import checkpoint_listing, list_objects, stage_table
+from .demo_report import checkpoint_listing, stage_checkpoints, stage_table
 from .nodes import NodeSpec
 from .podrunner import TRAINER_PODS, PodRunner
 from .probes import free_ports
@@ -132,12 +132,6 @@ class LogTail:
         return out
 
 
-def complete_steps(info: ClusterInfo, prefix: str) -> list[int]:
-    """Steps under s3://bucket/prefix whose manifest exists (the manifest is written last)."""
-    keys = list_objects(info, prefix)
-    return sorted(int(m.group(1)) for k in keys if (m := re.match(r"step-(\d{8})/manifest\.json$", k)))
-
-
 def watch(info: ClusterInfo, opts: DemoOptions, name: str, runner_dir: Path, say: Clock) -> DemoReport:
     """Follow the job to a terminal phase, failing a node midway through the last stage."""
     report, tail, seen = DemoReport(), LogTail(runner_dir), ("", "", -1)
@@ -161,7 +155,7 @@ def watch(info: ClusterInfo, opts: DemoOptions, name: str, runner_dir: Path, say
         last = job["spec"]["stages"][-1]["name"]
         if opts.fail_node and not report.failed_node and now[1] == last and now[0] == "Running":
             prefix = f"{name}/{last}"
-            steps = complete_steps(info, prefix)
+            steps = stage_checkpoints(info, prefix).complete_steps()
             nodes = (st.get("placement") or {}).get("nodes") or []
             if steps and len(nodes) > 1:
                 report.failed_node = nodes[1]["name"]

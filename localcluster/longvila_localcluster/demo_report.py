@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import re
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .cluster import ClusterInfo
+from longvila_contract import checkpoint as L
+from longvila_trainer.checkpoint.s3 import Storage, open_storage
 
-_STEP = re.compile(r"^(?P<stage>.+)/step-(?P<step>\d{8})/(?P<rest>.+)$")
+from .cluster import ClusterInfo
 
 
 def stage_table(stages: Sequence[Mapping[str, Any]]) -> str:
@@ -30,48 +28,29 @@ def stage_table(stages: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
 
-def group_listing(objects: Mapping[str, int], finals: Mapping[str, str]) -> str:
-    """`stage/step-N/...` keys → one line per checkpoint: files, bytes, complete, final."""
-    steps: dict[tuple[str, int], dict[str, int]] = defaultdict(dict)
-    for k, size in objects.items():
-        if m := _STEP.match(k):
-            steps[(m["stage"], int(m["step"]))][m["rest"]] = size
-    lines = ["CHECKPOINT                                FILES  BYTES      STATE"]
-    for (stage, step), files in sorted(steps.items()):
-        final = finals.get(stage) == str(step)
-        state = ("complete" if "manifest.json" in files else "incomplete") + (", final" if final else "")
-        lines.append(f"{stage + f'/step-{step:08d}':40}  {len(files):5}  {sum(files.values()):9}  {state}")
-    return "\n".join(lines)
+def storage(info: ClusterInfo, prefix: str) -> Storage:
+    """The job's checkpoints on the cluster's S3 server, through the trainer's own storage
+    (one S3 client implementation, with its retries and errors)."""
+    return open_storage(f"s3://{info.s3_bucket}/{prefix}", environ=info.env())
 
 
-def s3_client(info: ClusterInfo) -> Any:
-    import boto3
-
-    return boto3.client(
-        "s3",
-        endpoint_url=info.s3_endpoint,
-        aws_access_key_id=info.s3_access_key,
-        aws_secret_access_key=info.s3_secret_key,
-        region_name="us-east-1",
-    )
-
-
-def list_objects(info: ClusterInfo, prefix: str) -> dict[str, int]:
-    """Keys under `prefix/` (relative to it) → sizes."""
-    pages = (
-        s3_client(info)
-        .get_paginator("list_objects_v2")
-        .paginate(Bucket=info.s3_bucket, Prefix=prefix.rstrip("/") + "/")
-    )
-    return {o["Key"][len(prefix) + 1 :]: int(o["Size"]) for page in pages for o in page.get("Contents", [])}
+def stage_checkpoints(info: ClusterInfo, prefix: str) -> L.StageCheckpoints:
+    """A stage's checkpoints (s3://bucket/prefix), complete as the trainer means it."""
+    store = storage(info, prefix)
+    return L.read_checkpoints(store.listing(""), store.get_bytes)
 
 
 def checkpoint_listing(info: ClusterInfo, prefix: str) -> str:
-    s3, objects = s3_client(info), list_objects(info, prefix)
-    finals = {}
-    for k in objects:
-        if k.endswith("/final.json"):
-            body = s3.get_object(Bucket=info.s3_bucket, Key=f"{prefix}/{k}")["Body"].read()
-            finals[k.rsplit("/", 1)[0]] = str(json.loads(body)["step"])
-    head = f"checkpoints in s3://{info.s3_bucket}/{prefix}/ ({info.s3_endpoint})"
-    return head + "\n" + group_listing(objects, finals)
+    """One line per checkpoint of every stage under s3://bucket/prefix: files, bytes, state."""
+    stages = sorted({k.split("/", 1)[0] for k in storage(info, prefix).listing("") if "/" in k})
+    lines = [f"checkpoints in s3://{info.s3_bucket}/{prefix}/ ({info.s3_endpoint})"]
+    lines.append("CHECKPOINT                                FILES  BYTES      STATE")
+    for stage in stages:
+        found = stage_checkpoints(info, f"{prefix}/{stage}")
+        for st in found.steps:
+            state = ("complete" if st.complete else "incomplete") + (
+                ", final" if found.final == st.step else ""
+            )
+            name = f"{stage}/{L.step_dir(st.step)}"
+            lines.append(f"{name:40}  {st.files:5}  {st.bytes:9}  {state}")
+    return "\n".join(lines)

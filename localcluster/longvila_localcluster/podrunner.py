@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from longvila_trainer.env_contract import ENTRYPOINT
+from longvila_contract.env import ENTRYPOINT
 
 from . import podspec
 from .cluster import ClusterInfo, LocalCluster, write_token_kubeconfig

@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-NODE_RANK_LABEL = "longvila.io/node-rank"
+from longvila_contract.labels import LABEL_NODE_RANK
+
 _DNS = re.compile(r"\b([a-z0-9]([-a-z0-9.]*[a-z0-9])?)\.svc(\.cluster\.local)?\b")
 SHM = "/dev/shm"
 
@@ -63,7 +64,7 @@ def pod_address(pod: Mapping[str, Any]) -> str:
     subdomain = spec.get("subdomain")
     if not subdomain:
         return "127.0.0.1"
-    rank = int((meta.get("labels") or {}).get(NODE_RANK_LABEL, "0"))
+    rank = int((meta.get("labels") or {}).get(LABEL_NODE_RANK, "0"))
     if not 0 <= rank <= 154:
         raise PodSpecError(f"{key(pod)}: node rank {rank} > 154 does not fit the local address scheme")
     slot = zlib.crc32(f"{meta.get('namespace')}/{subdomain}".encode()) % 250 + 1

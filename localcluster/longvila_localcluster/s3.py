@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from .probes import free_ports, wait_for
 from .processes import Supervisor
@@ -23,10 +24,17 @@ class S3Server:
     def as_dict(self) -> dict[str, str]:
         return asdict(self)
 
+    def client(self) -> Any:
+        """A boto3 client for this server, made by the trainer's own S3 code."""
+        from longvila_trainer.checkpoint.s3 import S3Config, make_client
+
+        return make_client(
+            S3Config(endpoint=self.endpoint, access_key=self.access_key, secret_key=self.secret_key)
+        )
+
 
 def start_versitygw(sup: Supervisor, binary: Path, data_dir: Path, port: int, bucket: str) -> S3Server:
     """Starts versitygw (posix backend) on 127.0.0.1:port with fresh credentials and makes `bucket`."""
-    import boto3
     import botocore.exceptions
 
     access, secret = "lv" + secrets.token_hex(8), secrets.token_hex(20)
@@ -37,13 +45,7 @@ def start_versitygw(sup: Supervisor, binary: Path, data_dir: Path, port: int, bu
         env=dict(os.environ, ROOT_ACCESS_KEY=access, ROOT_SECRET_KEY=secret),
     )
     server = S3Server(f"http://127.0.0.1:{port}", access, secret, bucket)
-    client = boto3.client(
-        "s3",
-        endpoint_url=server.endpoint,
-        aws_access_key_id=access,
-        aws_secret_access_key=secret,
-        region_name="us-east-1",
-    )
+    client = server.client()
 
     def create() -> bool:
         try:

@@ -20,7 +20,7 @@ from typing import Any
 
 from . import status as st
 from .api import GROUP, KIND, PLURAL, VERSION
-from .reconcile import Decision, Delete, Event
+from .decision import Decision, Delete, Event
 
 FIELD_MANAGER = "longvila-operator"
 COMPONENT = "longvila-operator"

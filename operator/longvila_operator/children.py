@@ -19,7 +19,8 @@ from __future__ import annotations
 from typing import Any
 
 import yaml
-from longvila_trainer import env_contract as contract
+from longvila_contract import env as contract
+from longvila_contract import labels as K
 
 from . import naming
 from .api import API_VERSION, KIND
@@ -28,12 +29,6 @@ from .api.types import Stage
 from .placement import Placement
 from .trainer_config import render as render_config
 
-LABEL_JOB = "longvila.io/job"
-LABEL_STAGE = "longvila.io/stage"
-LABEL_NODE_RANK = "longvila.io/node-rank"
-LABEL_ATTEMPT = "longvila.io/attempt"
-ANNOTATION_NODE = "longvila.io/node"
-ANNOTATION_DOMAIN = "longvila.io/domain"
 CONTAINER = "trainer"
 CONFIG_DIR, CONFIG_KEY = contract.CONFIG_PATH.rsplit("/", 1)  # the ConfigMap is mounted at CONFIG_DIR
 RUN_AS = 1000  # the trainer image's non-root user
@@ -55,16 +50,16 @@ def labels(
     job: Job, stage: str | None = None, node_rank: int | None = None, attempt: int | None = None
 ) -> dict[str, str]:
     out = {
-        "app.kubernetes.io/name": "longvila",
-        "app.kubernetes.io/managed-by": "longvila-operator",
-        LABEL_JOB: job.name,
+        K.NAME: K.APP,
+        K.MANAGED_BY: K.OPERATOR,
+        K.LABEL_JOB: job.name,
     }
     if stage is not None:
-        out[LABEL_STAGE] = stage
+        out[K.LABEL_STAGE] = stage
     if node_rank is not None:
-        out[LABEL_NODE_RANK] = str(node_rank)
+        out[K.LABEL_NODE_RANK] = str(node_rank)
     if attempt is not None:
-        out[LABEL_ATTEMPT] = str(attempt)
+        out[K.LABEL_ATTEMPT] = str(attempt)
     return out
 
 
@@ -86,7 +81,7 @@ def service(job: Job) -> dict[str, Any]:
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": True,
-            "selector": {LABEL_JOB: job.name},
+            "selector": {K.LABEL_JOB: job.name},
             "ports": [
                 {"name": "c10d", "port": contract.RDZV_PORT, "targetPort": contract.RDZV_PORT},
                 {
@@ -137,7 +132,7 @@ def worker_env(
         rdzv_id=f"{job.uid}-{stage.name}-a{attempt}",
         ulysses=sp.ulysses,
         ring=sp.ring,
-        layout=sp.layout,
+        token_layout=sp.layout,
         stage=stage.name,
         stage_type=stage.type,
         checkpoint_uri=stage_checkpoint_uri(job, stage),
@@ -181,7 +176,7 @@ def pod(
     name = naming.pod_name(job.name, stage.name, attempt, node_rank, len(placement.nodes))
     env = worker_env(job, stage, placement, node_rank, attempt=attempt, init_checkpoint=init_checkpoint)
     meta = metadata(job, name, labels(job, stage.name, node_rank, attempt))
-    meta["annotations"] = {ANNOTATION_NODE: node.name, ANNOTATION_DOMAIN: node.domain}
+    meta["annotations"] = {K.ANNOTATION_NODE: node.name, K.ANNOTATION_DOMAIN: node.domain}
     security: dict[str, Any] = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
     if job.spec.topology.rdma_resource:
         security["capabilities"]["add"] = ["IPC_LOCK"]  # ibverbs pins (mlocks) its buffers

@@ -41,7 +41,7 @@ def ranges(values: Sequence[int]) -> str:
 
 def table(name: str, p: Placement) -> str:
     r = p.request
-    dp = len(p.nodes) * r.gpus_per_node // r.sp
+    dp = p.layout().dp
     head = [
         f"{KIND} {name}: {r.describe()}, data parallel {dp}",
         f"domain label {p.domain_label}; {p.domains_spanned} domain(s) spanned; "

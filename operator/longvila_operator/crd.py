@@ -1,7 +1,8 @@
 """The LongVILAJob CustomResourceDefinition, rendered from the API types (one source of truth).
 
-The committed copy (operator/config/crd/) must equal `render()`; tests/unit/test_crd_drift.py
-fails otherwise and prints REGENERATE.
+It is committed once, where the Helm chart reads it (charts/longvila-operator/files/, which
+`.Files.Get` can reach); it must equal `render()`: tests/unit/test_crd_drift.py fails
+otherwise and prints REGENERATE.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import yaml
 from .api import GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION
 from .api.schema import root_schema
 
-COMMITTED_PATH = "operator/config/crd/longvila.io_longvilajobs.yaml"
+COMMITTED_PATH = "charts/longvila-operator/files/longvila.io_longvilajobs.yaml"
 REGENERATE = f".venv/bin/longvila crd > {COMMITTED_PATH}"
 HEADER = (
     "# Generated from operator/longvila_operator/api/types.py by `longvila crd`; do not edit.\n"

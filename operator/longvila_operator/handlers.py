@@ -22,14 +22,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
+from longvila_contract.labels import LABEL_ATTEMPT, LABEL_JOB, LABEL_NODE_RANK, LABEL_STAGE
 
 from .api import GROUP, PLURAL, VERSION
 from .api.manifest import InvalidJob, Job
 from .apply import Kube, Recent, carry_out
-from .children import LABEL_ATTEMPT, LABEL_JOB, LABEL_NODE_RANK, LABEL_STAGE
+from .decision import Observed, PodView
 from .metrics import Metrics
 from .nodes import GPU, parse_node
-from .reconcile import Observed, PodView, reconcile
+from .reconcile import reconcile
 from .validation import load_job
 
 PREFIX = "longvila.io"

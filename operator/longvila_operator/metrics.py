@@ -11,9 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from longvila_contract.status import PHASES
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-
-from .api.types import PHASES
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 

@@ -5,7 +5,7 @@ A name is `<prefix parts>-<suffix>`; when the prefix is too long or had to be cl
 hash of the original prefix is added: `<cut prefix>-<hash>-<suffix>`. The suffix always
 survives, so the pods of one gang share a prefix and differ only in `n<rank>`, zero-padded
 to one width: their names, and so their DNS names, sort in node-rank order, which is the
-order torchrun's c10d rendezvous numbers nodes in (see longvila_trainer.env_contract).
+order torchrun's c10d rendezvous numbers nodes in (see longvila_contract.env).
 """
 
 from __future__ import annotations

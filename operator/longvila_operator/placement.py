@@ -1,9 +1,9 @@
 """Topology-aware placement: which nodes, in which ring order. Pure.
 
-Rank arithmetic (longvila_trainer.parallel.layout): rank = nodeRank·gpusPerNode + localRank
-= dp·sp + ring·U + ulysses, sp = U·R, and U divides gpusPerNode, so a Ulysses group never
-leaves its node and ring neighbours are U ranks apart: on the same node or on the next
-node rank. Placement therefore only orders nodes:
+Rank arithmetic is the contract's (longvila_contract.layout.ParallelLayout): rank =
+nodeRank·gpusPerNode + localRank = dp·sp + ring·U + ulysses, sp = U·R, and U divides
+gpusPerNode, so a Ulysses group never leaves its node and ring neighbours are U ranks apart:
+on the same node or on the next node rank. Placement therefore only orders nodes:
 
 - The job takes as few InfiniBand domains as possible: domains with the most free nodes
   first (ties by name). Taking the fullest domains also leaves spare nodes next to the
@@ -23,10 +23,9 @@ import dataclasses
 from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from math import gcd
 from typing import Any
 
-from longvila_trainer.parallel.layout import ParallelLayout
+from longvila_contract.layout import ParallelLayout, RankCoords
 
 from .api.types import JobSpec, Toleration
 from .nodes import GPU, NodeInfo, blocking_taint, detect_domain_label, domain_of, natural_key
@@ -47,9 +46,11 @@ class Request:
     rdma_per_node: int = 1
 
     def __post_init__(self) -> None:
-        if self.gpus_per_node < 1 or self.gpus_per_node % self.ulysses:
-            raise ValueError(f"ulysses={self.ulysses} must divide gpusPerNode={self.gpus_per_node}")
-        ParallelLayout(world=self.nodes * self.gpus_per_node, ulysses=self.ulysses, ring=self.ring)
+        self.layout()  # raises LayoutError for an impossible request
+
+    def layout(self, nodes: int | None = None) -> ParallelLayout:
+        n = self.nodes if nodes is None else nodes
+        return ParallelLayout.on_nodes(n, self.gpus_per_node, self.ulysses, self.ring)
 
     @classmethod
     def from_spec(cls, spec: JobSpec) -> Request:
@@ -67,13 +68,9 @@ class Request:
         )
 
     @property
-    def sp(self) -> int:
-        return self.ulysses * self.ring
-
-    @property
     def block(self) -> int:
         """Nodes per SP block: the fewest consecutive nodes holding whole SP groups."""
-        return self.sp // gcd(self.sp, self.gpus_per_node)
+        return self.layout().node_block(self.gpus_per_node)
 
     def describe(self) -> str:
         return (
@@ -89,14 +86,12 @@ class PlacedNode:
     domain: str
 
 
-@dataclass(frozen=True)
-class RankInfo:
-    rank: int
+@dataclass(frozen=True, kw_only=True)
+class RankInfo(RankCoords):
+    """A rank's coordinates (the layout's) and where placement put it."""
+
     node: str
     local_rank: int
-    ulysses_group: int  # index into ParallelLayout.ulysses_groups()
-    ring_group: int  # index into ParallelLayout.ring_groups()
-    dp_group: int  # index into ParallelLayout.dp_groups()
 
 
 @dataclass(frozen=True)
@@ -110,8 +105,7 @@ class Placement:
         return len({n.domain for n in self.nodes})
 
     def layout(self) -> ParallelLayout:
-        r = self.request
-        return ParallelLayout(world=len(self.nodes) * r.gpus_per_node, ulysses=r.ulysses, ring=r.ring)
+        return self.request.layout(len(self.nodes))
 
     def ranks(self) -> list[RankInfo]:
         layout, gpn = self.layout(), self.request.gpus_per_node
@@ -119,16 +113,7 @@ class Placement:
         for node in self.nodes:
             for local in range(gpn):
                 c = layout.coords(node.node_rank * gpn + local)
-                out.append(
-                    RankInfo(
-                        rank=c.rank,
-                        node=node.name,
-                        local_rank=local,
-                        ulysses_group=c.dp_rank * layout.ring + c.ring_rank,
-                        ring_group=c.dp_rank * layout.ulysses + c.ulysses_rank,
-                        dp_group=c.ring_rank * layout.ulysses + c.ulysses_rank,
-                    )
-                )
+                out.append(RankInfo(**dataclasses.asdict(c), node=node.name, local_rank=local))
         return out
 
     def cross_domain_ring_links(self) -> int:

@@ -12,15 +12,22 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-RUNNING = "Running"
-SUCCEEDED = "Succeeded"
-FAILED = "Failed"
-SUSPENDED = "Suspended"
-RESTARTING = "Restarting"
-UNSCHEDULABLE = "Unschedulable"
-PENDING = "Pending"
-TERMINAL = (SUCCEEDED, FAILED)
-CONDITION_TYPES = (RUNNING, RESTARTING, UNSCHEDULABLE, SUSPENDED, SUCCEEDED, FAILED)
+from longvila_contract.status import (
+    CONDITION_TYPES,
+    FAILED,
+    PENDING,
+    RESTARTING,
+    RUNNING,
+    SUCCEEDED,
+    SUSPENDED,
+    TERMINAL,
+    UNSCHEDULABLE,
+)
+
+__all__ = [
+    "CONDITION_TYPES", "FAILED", "PENDING", "RESTARTING", "RUNNING", "SUCCEEDED", "SUSPENDED", "TERMINAL",
+    "UNSCHEDULABLE",
+]  # fmt: skip
 MAX_MESSAGE = 4000  # conditions and Events stay readable (and under the CRD's bound)
 
 

@@ -1,7 +1,7 @@
 """The trainer config of one stage: what the ConfigMap holds (the trainer reads it as YAML).
 
 Only hyper-parameters live here. World size, ranks and URIs of this run are in the env
-contract (longvila_trainer.env_contract), never in the config. A stage's `overrides` are
+contract (longvila_contract.env), never in the config. A stage's `overrides` are
 dotted keys set into this tree after the spec's own values; a key the spec already sets
 (`OWNED`) is refused by validation, so the spec stays the one place to change it.
 """

@@ -14,7 +14,10 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from longvila_trainer import env_contract as contract
+from longvila_contract import env as contract
+from longvila_contract.config import ConfigError, from_dict, merge, preset_tree
+from longvila_contract.stages import stage_type as stage_table_entry
+from longvila_contract.uri import SCHEMES, Scheme, URIError, parse_uri
 
 from .api import API_VERSION, KIND
 from .api.manifest import InvalidJob, Job, load_spec, name_errors
@@ -65,6 +68,7 @@ def semantic_errors(spec: JobSpec) -> list[str]:
                 errs.append(f"{at}: Invalid value: {err}")
             else:
                 errs += trainer_config_errors(at, stage.type, rendered)
+    errs += uri_errors(spec)
     errs += extension_errors(spec)
     if spec.resources.memory and quantity(spec.resources.shared_memory) > quantity(spec.resources.memory):
         errs.append(
@@ -83,11 +87,33 @@ def semantic_errors(spec: JobSpec) -> list[str]:
     return errs
 
 
+def uri_errors(spec: JobSpec) -> list[str]:
+    """The contract's parser is stricter than the CRD's regexes (no empty, '.' or '..' path
+    parts): what it refuses, the trainer would refuse in every pod, so refuse it here."""
+    uris: list[tuple[str, str | None, tuple[Scheme, ...]]] = [
+        ("spec.model.llm", spec.model.llm, ("s3", "file")),
+        ("spec.model.visionTower", spec.model.vision_tower, ("s3", "file")),
+        ("spec.model.init", spec.model.init, ("s3", "file")),
+        ("spec.checkpoint.uri", spec.checkpoint.uri, ("s3",)),
+    ]
+    uris += [(f"spec.stages[{i}].data", st.data, SCHEMES) for i, st in enumerate(spec.stages)]
+    errs = []
+    for field, text, schemes in uris:
+        if text is None:
+            continue
+        try:
+            parse_uri(text, field, schemes)
+        except URIError as err:
+            errs.append(f"{field}: Invalid value: {err}")
+    return errs
+
+
 def extension_errors(spec: JobSpec) -> list[str]:
-    """Context extension grows the context (and the RoPE base) stage after stage (LongVILA §3.4)."""
+    """Context extension grows the context (and the RoPE base) stage after stage (LongVILA §3.4):
+    consecutive stages of a type with `grows_context` in the stage table."""
     errs, prev = [], None
     for i, stage in enumerate(spec.stages):
-        if stage.type != "context-extension":
+        if not stage_table_entry(stage.type).grows_context:
             continue
         if prev is not None:
             j, before = prev
@@ -139,14 +165,12 @@ def load_job(manifest: Mapping[str, Any]) -> Job:
 def trainer_config_errors(at: str, stage_type: str, rendered: dict[str, Any]) -> list[str]:
     """The stage's rendered config, over its stage preset, must load in the trainer.
 
-    The trainer owns its config schema (longvila_trainer.config, pure, no torch); checking
-    here turns a typo in an override (say optim.lr for train.lr) into a rejected job, not
+    The config schema is the contract's (longvila_contract.config, what the trainer loads);
+    checking here turns a typo in an override (say optim.lr for train.lr) into a rejected job, not
     a crash-looping pod.
     """
-    from longvila_trainer.config import ConfigError, from_dict, merge, preset_tree
-
     try:
-        from_dict(merge(preset_tree(stage_type), rendered))
+        from_dict(merge(preset_tree(stage_table_entry(stage_type).preset), rendered))
     except ConfigError as err:
         return [f"{at}: Invalid value: the trainer rejects the stage config: {err}"]
     return []

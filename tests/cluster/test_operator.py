@@ -41,7 +41,7 @@ def apis(local_cluster: ClusterInfo) -> tuple[Any, Any]:
 def operator(
     local_cluster: ClusterInfo, cluster_env: dict[str, str], repo_root: Path, tmp_path_factory: Any
 ) -> Iterator[OperatorProcess]:
-    crd = repo_root / "operator/config/crd/longvila.io_longvilajobs.yaml"
+    crd = repo_root / "charts/longvila-operator/files/longvila.io_longvilajobs.yaml"
     subprocess.run(["kubectl", "apply", "--server-side", "-f", str(crd)], env=cluster_env, check=True)
     subprocess.run(
         ["kubectl", "wait", "--for=condition=Established", "crd/longvilajobs.longvila.io"],

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed as dist
+from longvila_contract.layout import LayoutError, ParallelLayout
 from longvila_trainer.attention import (
     AttentionContext,
     CommMeter,
@@ -38,7 +39,6 @@ from longvila_trainer.bench.attention import Shape, max_seq_table
 from longvila_trainer.check_attention import Case, CaseResult, attention_worker, evaluate, run_cases
 from longvila_trainer.check_attention import main as check_attention_main
 from longvila_trainer.parallel.groups import SPGroups, build_groups, single_process_groups
-from longvila_trainer.parallel.layout import LayoutError, ParallelLayout
 from longvila_trainer.parallel.spawn import run_gloo
 from longvila_trainer.parallel.token_layout import plan_tokens
 

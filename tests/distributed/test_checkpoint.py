@@ -18,10 +18,10 @@ from typing import Any, cast
 
 import pytest
 import torch
-from longvila_trainer.checkpoint import layout as L
+from longvila_contract import checkpoint as L
+from longvila_contract.uri import parse_uri
 from longvila_trainer.checkpoint.s3 import MiB, RetryPolicy, S3Config, S3Storage, Storage, StorageError
 from longvila_trainer.checkpoint.store import CheckpointNotFoundError, CheckpointStore
-from longvila_trainer.checkpoint.uri import parse_uri
 from longvila_trainer.parallel.spawn import WorkerError, run_gloo
 
 pytestmark = pytest.mark.distributed

@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from longvila_trainer.checkpoint import layout as L
+from longvila_contract import checkpoint as L
 from longvila_trainer.checkpoint.s3 import open_storage
 from test_train import REPO, VENV_BIN, contract_env, losses, records, run_ok, write_config
 

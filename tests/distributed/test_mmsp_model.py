@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed as dist
+from longvila_contract.layout import ParallelLayout
 from longvila_trainer.model.longvila import LongVILA, PackedBatch, build_longvila
 from longvila_trainer.model.presets import TINY
 from longvila_trainer.model.projector import Projector, downsample_2x2
 from longvila_trainer.model.vision import VisionTower
 from longvila_trainer.parallel.groups import build_groups, single_process_groups
-from longvila_trainer.parallel.layout import ParallelLayout
 from longvila_trainer.parallel.spawn import run_gloo
 from longvila_trainer.sharding.frames import IGNORE_INDEX
 from longvila_trainer.sharding.targets import gradient_group, sum_gradients

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import torch
+from longvila_contract.layout import ParallelLayout
 from longvila_trainer.data.synthetic import haystack_frames, make_needle
 from longvila_trainer.data.tokenizer import load_tokenizer
 from longvila_trainer.eval.needle import Case, build_case
@@ -27,7 +28,6 @@ from longvila_trainer.eval.prefill import prefill
 from longvila_trainer.model.longvila import LongVILA, PackedBatch, build_longvila
 from longvila_trainer.model.presets import TINY
 from longvila_trainer.parallel.groups import build_groups, single_process_groups
-from longvila_trainer.parallel.layout import ParallelLayout
 from longvila_trainer.parallel.spawn import run_gloo
 from longvila_trainer.parallel.token_layout import Kind
 from longvila_trainer.sharding.frames import IGNORE_INDEX

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed as dist
+from longvila_contract.layout import ParallelLayout
 from longvila_trainer.model.longvila import LongVILA, PackedBatch, build_longvila
 from longvila_trainer.model.presets import TINY
 from longvila_trainer.parallel.groups import build_groups, single_process_groups
-from longvila_trainer.parallel.layout import ParallelLayout
 from longvila_trainer.parallel.spawn import run_gloo
 from longvila_trainer.parallelize import ParallelizeOptions, parallelize
 from test_mmsp_model import long_video_batch, mixed_batch

@@ -17,15 +17,15 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from longvila_contract.config import LoraConfig, merge, preset_tree
+from longvila_contract.layout import ParallelLayout
 from longvila_trainer.checkpoint.s3 import open_storage
 from longvila_trainer.checkpoint.store import CheckpointStore
-from longvila_trainer.config import LoraConfig, merge, preset_tree
 from longvila_trainer.model.longvila import build_longvila
 from longvila_trainer.model.lora import MERGED, LoraLinear, apply_lora, merge_lora_state
 from longvila_trainer.model.presets import TINY
 from longvila_trainer.model.weights import load_weights
 from longvila_trainer.parallel.groups import build_groups
-from longvila_trainer.parallel.layout import ParallelLayout
 from longvila_trainer.parallel.spawn import run_gloo
 from longvila_trainer.parallelize import ParallelizeOptions, parallelize
 from test_train import VENV_BIN, contract_env, records, run_ok

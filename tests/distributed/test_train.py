@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 import yaml
-from longvila_trainer.checkpoint import layout as L
+from longvila_contract import checkpoint as L
+from longvila_contract.config import merge, preset_tree
 from longvila_trainer.checkpoint.s3 import open_storage
-from longvila_trainer.config import merge, preset_tree
 from longvila_trainer.parallel.spawn import free_port
 
 pytestmark = pytest.mark.distributed
@@ -54,7 +54,6 @@ def contract_env(
             "PET_RDZV_CONF": "is_host=1",
             "PET_LOCAL_ADDR": "127.0.0.1",
             "PET_MAX_RESTARTS": str(max_restarts),
-            "LONGVILA_SP_SIZE": str(ulysses * ring),
             "LONGVILA_ULYSSES": str(ulysses),
             "LONGVILA_RING": str(ring),
             "LONGVILA_LAYOUT": "zigzag",

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from longvila_trainer.checkpoint import layout as L
+from longvila_contract import checkpoint as L
 from longvila_trainer.checkpoint.s3 import open_storage
 from test_train import VENV_BIN, contract_env, direct_env, losses, records, run_ok, train_cmd, write_config
 

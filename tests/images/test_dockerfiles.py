@@ -1,29 +1,33 @@
 """Both Dockerfiles and their ignore files, read as text (no podman): pins, user, entrypoint.
 
 The trainer image cannot be built here (its NVIDIA base is not reachable), so this is what
-holds it to the contracts: the entrypoint is env_contract.ENTRYPOINT, the ports are the
-rendezvous ports, versions are exact. For the operator image it also checks that every
-trainer module the operator imports is copied in, and nothing that needs torch.
+holds it to the contracts: the entrypoint is the env contract's ENTRYPOINT, the ports are
+the rendezvous ports, versions are exact. Each image installs whole distributions of the
+workspace (contract + operator, contract + trainer); import-linter (make test) keeps the
+operator from importing the trainer, so nothing more needs copying.
 """
 
 from __future__ import annotations
 
-import ast
 import json
 import re
 import subprocess
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
-from longvila_trainer import env_contract
+from longvila_contract import env as env_contract
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = ("operator", "trainer")
-PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def pyproject(package: str) -> dict[str, Any]:
+    return tomllib.loads((ROOT / package / "pyproject.toml").read_text())["project"]  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)
@@ -163,9 +167,7 @@ def test_operator_entrypoint_is_the_console_script() -> None:
     instrs = final_stage(dockerfile("operator"))
     (entry,) = [json.loads(ins.args) for ins in instrs if ins.cmd == "ENTRYPOINT"]
     assert entry == ["longvila-operator"]
-    assert PYPROJECT["project"]["scripts"]["longvila-operator"] == "longvila_operator.main:main"
-    text = (ROOT / "images/operator/Dockerfile").read_text()
-    assert "from longvila_operator.main import main" in text
+    assert pyproject("operator")["scripts"]["longvila-operator"] == "longvila_operator.main:main"
 
 
 def test_operator_exposes_its_default_ports() -> None:
@@ -176,80 +178,33 @@ def test_operator_exposes_its_default_ports() -> None:
     assert sorted(map(int, expose)) == sorted([args.metrics_port, args.liveness_port])
 
 
-def test_operator_requirements_pin_pyproject_dependencies_without_torch() -> None:
+def test_operator_requirements_pin_its_distributions_dependencies_without_torch() -> None:
     pins = requirements(ROOT / "images/operator/requirements.txt")
     assert "torch" not in pins and "transformers" not in pins
-    deps: dict[str, Requirement] = {
-        canonicalize_name(Requirement(d).name): Requirement(d) for d in PYPROJECT["project"]["dependencies"]
-    }
-    for name in ("kopf", "kubernetes", "pyyaml", "prometheus-client"):
+    reqs = [Requirement(d) for pkg in ("contract", "operator") for d in pyproject(pkg)["dependencies"]]
+    for r in reqs:
+        name = canonicalize_name(r.name)
+        if name.startswith("longvila-"):
+            continue  # ours, installed from the source tree
         assert name in pins, f"{name}: an operator dependency, not pinned"
-        assert deps[name].specifier.contains(pins[name]), f"{name}=={pins[name]} breaks {deps[name]}"
+        assert r.specifier.contains(pins[name]), f"{name}=={pins[name]} breaks {r}"
 
 
-def _package_of(path: Path) -> tuple[str, ...]:
-    parts: list[str] = []
-    d = path.parent
-    while (d / "__init__.py").exists():
-        parts.insert(0, d.name)
-        d = d.parent
-    return tuple(parts)
-
-
-def _imported_modules(path: Path, package: str) -> set[str]:
-    """Absolute names of `package` modules imported anywhere in `path` (lazy ones too)."""
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:  # relative: resolve against the file's own package
-                pkg = _package_of(path)
-                base = ".".join(pkg[: len(pkg) - node.level + 1] + ((base,) if base else ()))
-            if base.split(".")[0] == package:
-                names.add(base)
-                names.update(f"{base}.{a.name}" for a in node.names)
-        elif isinstance(node, ast.Import):
-            names.update(a.name for a in node.names if a.name.split(".")[0] == package)
-    return names
-
-
-def _module_file(name: str) -> Path | None:
-    base = ROOT / "trainer" / Path(*name.split("."))
-    for cand in (base.with_suffix(".py"), base / "__init__.py"):
-        if cand.exists():
-            return cand
-    return None  # a name imported from a module (a class, a constant)
-
-
-def test_operator_image_copies_every_trainer_module_the_operator_imports() -> None:
-    sources = [p for p in (ROOT / "operator/longvila_operator").rglob("*.py") if p.name != "bench.py"]
-    for p in sources:
-        assert "longvila_localcluster" not in p.read_text(), f"{p.name}: the image has no localcluster"
-    todo = set().union(*(_imported_modules(p, "longvila_trainer") for p in sources))
-    needed: set[Path] = set()
-    while todo:
-        f = _module_file(todo.pop())
-        if f is None or f in needed:
-            continue
-        needed.add(f)
-        todo |= _imported_modules(f, "longvila_trainer")
-        # A submodule's import runs its packages' __init__ first.
-        for parent in f.relative_to(ROOT / "trainer").parents[:-1]:
-            needed.add(ROOT / "trainer" / parent / "__init__.py")
-    assert ROOT / "trainer/longvila_trainer/config.py" in needed  # the scan works at all
-    copied = copy_sources(dockerfile("operator"))
-    patterns = ignore_patterns("operator")
-    for f in sorted(needed):
-        rel = str(f.relative_to(ROOT))
-        assert any(rel == c or rel.startswith(c + "/") for c in copied), f"{rel}: not copied"
-        assert allowed(rel, patterns), f"{rel}: not in the build context"
-        assert "import torch" not in f.read_text(), f"{rel} needs torch"
-    # config.py reads its presets from data files beside it.
-    assert "trainer/longvila_trainer/presets" in copied
-
-
-def test_operator_image_leaves_out_the_dev_only_bench() -> None:
-    assert not allowed("operator/longvila_operator/bench.py", ignore_patterns("operator"))
+@pytest.mark.parametrize(("image", "ours"), [("operator", {"contract", "operator"}),
+                                              ("trainer", {"contract", "trainer"})])  # fmt: skip
+def test_image_installs_whole_distributions(image: str, ours: set[str]) -> None:
+    """Each image copies whole package directories and pip-installs them; never single files."""
+    copied = {c for c in copy_sources(dockerfile(image)) if not c.startswith("images/")}
+    assert copied == ours, copied
+    runs = " ".join(ins.args for ins in dockerfile(image) if ins.cmd == "RUN")
+    for pkg in ours:
+        installed = re.search(rf"pip install [^&]*--no-deps[^&]* /tmp/\S*{pkg}\b", runs)
+        assert installed, f"{pkg}: not pip-installed"
+    patterns = ignore_patterns(image)
+    for out in {"contract", "operator", "trainer", "localcluster"} - ours:
+        assert not allowed(f"{out}/pyproject.toml", patterns), f"{out}: in the {image} image's context"
+    deps = {canonicalize_name(Requirement(d).name) for pkg in ours for d in pyproject(pkg)["dependencies"]}
+    assert {d for d in deps if d.startswith("longvila-")} <= {f"longvila-{p}" for p in ours}
 
 
 # ---------------------------------------------------------------- trainer
@@ -270,15 +225,14 @@ def test_trainer_requirements_pin_the_gpu_extra_and_never_torch() -> None:
     pins = requirements(ROOT / "images/trainer/requirements.txt")
     gpu = requirements(ROOT / "images/trainer/requirements-gpu.txt")
     assert not {"torch", "torchvision", "triton", "numpy"} & (pins.keys() | gpu.keys()), "from the base"
-    extra = [Requirement(r) for r in PYPROJECT["project"]["optional-dependencies"]["gpu"]]
+    extra = [Requirement(r) for r in pyproject("trainer")["optional-dependencies"]["gpu"]]
     assert {canonicalize_name(r.name) for r in extra} == set(gpu)
     for r in extra:
         assert r.specifier.contains(gpu[canonicalize_name(r.name)]), r
-    deps = [Requirement(d) for d in PYPROJECT["project"]["dependencies"]]
-    not_pinned_here = {"kopf", "kubernetes", "prometheus-client"} | {"torch", "numpy"}  # operator's | base's
+    deps = [Requirement(d) for pkg in ("contract", "trainer") for d in pyproject(pkg)["dependencies"]]
     for r in deps:
         name = canonicalize_name(r.name)
-        if name in not_pinned_here:
+        if name in ("torch", "numpy") or name.startswith("longvila-"):  # the base's; ours
             continue
         assert name in pins, f"{name}: a trainer dependency, not pinned"
         assert r.specifier.contains(pins[name]), f"{name}=={pins[name]} breaks {r}"

@@ -270,6 +270,14 @@ def spec_with(**changes: Any) -> dict[str, Any]:
             "set by the operator from spec.checkpoint.credentialsSecret",
         ),
         (spec_with(topology=topology(4, 8, 8, 2, extra=1)), 'unknown field "spec.topology.extra"'),
+        (  # the CRD's regex admits it; the contract's parser (what the trainer runs) does not
+            spec_with(stages=[{"name": "s", "type": "short-sft", "data": "s3://data/a/../b"}]),
+            "spec.stages[0].data: Invalid value: spec.stages[0].data='s3://data/a/../b': prefix must not",
+        ),
+        (
+            spec_with(checkpoint={"uri": "s3://ckpt/a//job"}),
+            "spec.checkpoint.uri: Invalid value: spec.checkpoint.uri='s3://ckpt/a//job'",
+        ),
     ],
 )
 def test_checks_cel_cannot_express(spec: dict[str, Any], message: str) -> None:

@@ -1,4 +1,4 @@
-"""The checkpoint layout contract (layout.py), both sides, plus URIs and the S3 retry policy.
+"""The checkpoint layout contract (longvila_contract.checkpoint), both sides, plus the S3 retry policy.
 
 Pure tests, except `test_store_writes_exactly_the_layout`: a one-process CheckpointStore on
 the local backend, whose files must be exactly what layout.py names and what its reader accepts.
@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 import torch
 from botocore.exceptions import ClientError, EndpointConnectionError
-from longvila_trainer.checkpoint import layout as L
+from longvila_contract import checkpoint as L
+from longvila_contract.uri import parse_uri
 from longvila_trainer.checkpoint.s3 import LocalStorage, RetryPolicy, S3Config, S3Storage, StorageError
 from longvila_trainer.checkpoint.store import CheckpointNotFoundError, CheckpointStore
-from longvila_trainer.checkpoint.uri import CheckpointURIError, parse_uri
 
 SHA = "ab" * 32
 
@@ -34,45 +34,6 @@ def manifest(step: int = 7, world: int = 2, **changes: Any) -> L.Manifest:
     }
     base.update(changes)
     return L.Manifest(**base)
-
-
-# ---- URIs
-@pytest.mark.parametrize(
-    ("text", "scheme", "bucket", "prefix"),
-    [
-        ("s3://longvila/demo/sft", "s3", "longvila", "demo/sft"),
-        ("s3://longvila/demo/sft/", "s3", "longvila", "demo/sft"),
-        ("s3://longvila", "s3", "longvila", ""),
-        ("file:///tmp/ckpt/", "file", "", "/tmp/ckpt"),
-    ],
-)
-def test_parse_uri(text: str, scheme: str, bucket: str, prefix: str) -> None:
-    u = parse_uri(text)
-    assert (u.scheme, u.bucket, u.prefix) == (scheme, bucket, prefix)
-    assert parse_uri(str(u)) == u
-
-
-@pytest.mark.parametrize(
-    ("text", "needle"),
-    [
-        ("", "empty"),
-        ("gs://b/p", "unsupported scheme 'gs'"),
-        ("s3://B_ad/p", "bucket 'B_ad'"),
-        ("s3://bucket/a//b", "empty, '.' or '..'"),
-        ("file://relative/path", "absolute path"),
-        ("/no/scheme", "unsupported scheme"),
-    ],
-)
-def test_bad_uri_names_the_field(text: str, needle: str) -> None:
-    with pytest.raises(CheckpointURIError) as e:
-        parse_uri(text, field="LONGVILA_CHECKPOINT_URI")
-    assert str(e.value).startswith("LONGVILA_CHECKPOINT_URI")
-    assert needle in str(e.value)
-
-
-def test_uri_key() -> None:
-    assert parse_uri("s3://bkt/x/y").key("step-00000001/manifest.json") == "x/y/step-00000001/manifest.json"
-    assert parse_uri("s3://bkt").key("final.json") == "final.json"
 
 
 # ---- names
@@ -262,3 +223,23 @@ def test_config_from_env() -> None:
     assert "b" not in repr(cfg).replace("base_s", "").replace("max_concurrency", "") or "secret" not in repr(
         cfg
     )
+
+
+# ---- the reader every tool uses (the demo's listing, the store's complete steps)
+def test_read_checkpoints_agrees_with_the_store(tmp_path: Path) -> None:
+    store = CheckpointStore(LocalStorage(tmp_path / "ck"), tmp_path / "staging", keep=5)
+    state = {"model": {"w": torch.arange(4.0)}}
+    for step in (1, 2, 3):
+        store.save(step, state)
+    store.mark_final(2)
+    (tmp_path / "ck" / L.step_dir(3) / L.DCP_METADATA).write_bytes(b"torn")  # size no longer matches
+    (tmp_path / "ck" / L.step_dir(4) / "dcp").mkdir(parents=True)  # a crash before the manifest
+    (tmp_path / "ck" / L.step_dir(4) / L.dcp_shard(0)).write_bytes(b"x")
+    storage = LocalStorage(tmp_path / "ck")
+    found = L.read_checkpoints(storage.listing(""), storage.get_bytes)
+    assert [s.step for s in found.steps] == [1, 2, 3, 4]
+    assert found.complete_steps() == store.complete_steps() == [1, 2]
+    assert found.final == 2
+    torn, crashed = found.steps[2], found.steps[3]
+    assert "bytes, the manifest says" in torn.problem and "no manifest" in crashed.problem
+    assert found.steps[0].files == 3 and found.steps[0].bytes > 0  # metadata, shard, manifest

@@ -8,12 +8,12 @@ from typing import Any
 import pytest
 import yaml
 from builders import fleet, job_manifest, node_list, topology
+from longvila_contract import env as contract
 from longvila_operator import children, naming
 from longvila_operator.api.manifest import Job
 from longvila_operator.nodes import parse_nodes
 from longvila_operator.placement import Placement, Request, plan
 from longvila_operator.validation import load_job
-from longvila_trainer import env_contract as contract
 
 
 def build(
@@ -101,7 +101,7 @@ def test_env_contract_in_every_pod_parses_back() -> None:
     for rank, pod in enumerate(pods):
         env = contract.parse(plain(pod))
         assert (env.nnodes, env.nproc_per_node, env.node_rank) == (4, 8, rank)
-        assert (env.ulysses, env.ring, env.sp_size, env.layout) == (8, 2, 16, "zigzag")
+        assert (env.ulysses, env.ring, env.layout().sp, env.token_layout) == (8, 2, 16, "zigzag")
         assert env.master_addr == master and env.rdzv_endpoint == master + ":29400"
         assert env.local_addr == f"{pod['metadata']['name']}.demo-workers.team-a.svc"
         assert (env.stage, env.stage_type) == ("long-sft", "long-video-sft")

@@ -8,9 +8,7 @@ from typing import Any
 import pytest
 import yaml
 from builders import BASE_JOB
-from longvila_operator import trainer_config
-from longvila_operator.api.manifest import load_spec
-from longvila_trainer.config import (
+from longvila_contract.config import (
     ConfigError,
     TrainerConfig,
     from_dict,
@@ -18,7 +16,9 @@ from longvila_trainer.config import (
     load_preset,
     preset_names,
 )
-from longvila_trainer.env_contract import STAGE_TYPES
+from longvila_contract.stages import STAGE_TYPES
+from longvila_operator import trainer_config
+from longvila_operator.api.manifest import load_spec
 
 WEIGHTS = ["data.uri=file:///data", "model.llm=file:///llm", "model.vision_tower=file:///siglip"]
 MINIMAL: dict[str, Any] = {
@@ -174,7 +174,7 @@ def test_minimal_config_and_defaults() -> None:
     ],
 )
 def test_bad_config_is_one_line_naming_the_field(tree: dict[str, Any], message: str) -> None:
-    from longvila_trainer.config import merge
+    from longvila_contract.config import merge
 
     assert error_of(merge(MINIMAL, tree)).startswith(message)
 
@@ -193,7 +193,7 @@ def test_bad_files_and_overrides(tmp_path: Path) -> None:
 
 
 def test_with_stage_takes_the_env_contract_and_refuses_a_mismatch() -> None:
-    from longvila_trainer.config import with_stage
+    from longvila_contract.config import with_stage
 
     cfg = with_stage(load_preset("tiny-alignment"), "align", "alignment")
     assert (cfg.stage.name, cfg.stage.type) == ("align", "alignment")

@@ -48,7 +48,7 @@ def test_cli_prints_what_is_committed() -> None:
 def test_drift_message_names_the_command() -> None:
     stale = ROOT / crd.COMMITTED_PATH
     message = drift(stale, crd.render() + "# edited by hand\n", crd.REGENERATE)
-    assert ".venv/bin/longvila crd > operator/config/crd/longvila.io_longvilajobs.yaml" in message
+    assert ".venv/bin/longvila crd > charts/longvila-operator/files/longvila.io_longvilajobs.yaml" in message
 
 
 def test_readme_resource_table_is_generated() -> None:

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from longvila_trainer import env_contract as c
+from longvila_contract import env as c
 
 
 def sample(**changes: object) -> c.WorkerEnv:
@@ -20,7 +20,7 @@ def sample(**changes: object) -> c.WorkerEnv:
         rdzv_id="0b7c3c1e-sft-a0",
         ulysses=8,
         ring=2,
-        layout="zigzag",
+        token_layout="zigzag",
         stage="sft",
         stage_type="long-video-sft",
         checkpoint_uri="s3://ckpt/demo/sft",
@@ -45,7 +45,10 @@ def test_rendered_values() -> None:
     env = c.render(sample())
     assert env[c.RDZV_BACKEND] == "c10d"
     assert env[c.RDZV_ENDPOINT] == "demo-sft-a0-n0.demo-workers.team-a.svc:29400"
-    assert env[c.SP_SIZE] == "16" and env[c.NNODES] == "4" and env[c.NPROC_PER_NODE] == "8"
+    assert (
+        env[c.ULYSSES] == "8" and env[c.RING] == "2" and env[c.NNODES] == "4" and env[c.NPROC_PER_NODE] == "8"
+    )
+    assert sample().layout().sp == 16 and sample().layout().dp == 2
     assert env[c.RDZV_CONF] == "is_host=0" and c.render(sample(node_rank=0))[c.RDZV_CONF] == "is_host=1"
     assert c.S3_ENDPOINT in env and c.S3_ENDPOINT not in c.render(sample(s3_endpoint=""))
     assert set(env) >= {
@@ -58,7 +61,6 @@ def test_rendered_values() -> None:
         "PET_RDZV_BACKEND",
         "PET_RDZV_ID",
         "PET_MAX_RESTARTS",
-        "LONGVILA_SP_SIZE",
         "LONGVILA_ULYSSES",
         "LONGVILA_RING",
         "LONGVILA_LAYOUT",
@@ -76,8 +78,11 @@ def test_rendered_values() -> None:
         ({c.NNODES: None}, "PET_NNODES: not set"),
         ({c.NNODES: "four"}, "PET_NNODES='four': must be an integer"),
         ({c.NODE_RANK: "4"}, "PET_NODE_RANK=4: must be in [0, PET_NNODES=4)"),
-        ({c.ULYSSES: "3", c.SP_SIZE: "6"}, "LONGVILA_ULYSSES=3: must divide PET_NPROC_PER_NODE=8"),
-        ({c.SP_SIZE: "32"}, "LONGVILA_SP_SIZE=32: must equal LONGVILA_ULYSSES × LONGVILA_RING = 16"),
+        (
+            {c.ULYSSES: "3"},
+            "LONGVILA_ULYSSES=3, LONGVILA_RING=2 on PET_NNODES=4 × PET_NPROC_PER_NODE=8: "
+            "the Ulysses degree (3) must divide the GPUs per node (8)",
+        ),
         ({c.RDZV_BACKEND: "etcd"}, "PET_RDZV_BACKEND='etcd': must be c10d"),
         ({c.RDZV_ID: "none"}, "PET_RDZV_ID='none': must be unique per job and restart"),
         ({c.RDZV_ENDPOINT: "elsewhere:29400"}, "host must be PET_MASTER_ADDR"),
@@ -85,14 +90,17 @@ def test_rendered_values() -> None:
         ({c.RDZV_CONF: "is_host=1"}, "PET_RDZV_CONF='is_host=1': must be 'is_host=0' on node rank 1"),
         ({c.LAYOUT: "striped"}, "LONGVILA_LAYOUT='striped': must be one of zigzag, contiguous"),
         ({c.STAGE_TYPE: "finetune"}, "LONGVILA_STAGE_TYPE='finetune': must be one of alignment"),
-        ({c.CHECKPOINT_URI: "/local/ckpt"}, "LONGVILA_CHECKPOINT_URI='/local/ckpt': must be s3://"),
-        ({c.INIT_CHECKPOINT: "gs://x/y"}, "LONGVILA_INIT_CHECKPOINT='gs://x/y': must be empty, s3://"),
+        (
+            {c.CHECKPOINT_URI: "/local/ckpt"},
+            "LONGVILA_CHECKPOINT_URI='/local/ckpt': unsupported scheme '(none)'; expected s3://",
+        ),
+        (
+            {c.INIT_CHECKPOINT: "gs://x/y"},
+            "LONGVILA_INIT_CHECKPOINT='gs://x/y': unsupported scheme 'gs'; expected s3://",
+        ),
         ({c.CONFIG: "config.yaml"}, "LONGVILA_CONFIG='config.yaml': must be an absolute path"),
         ({c.S3_ENDPOINT: "minio:9000"}, "AWS_ENDPOINT_URL_S3='minio:9000': must be empty or http(s)://"),
-        (
-            {c.NNODES: "3"},
-            "LONGVILA_SP_SIZE=16: must divide the world size PET_NNODES × PET_NPROC_PER_NODE = 24",
-        ),
+        ({c.NNODES: "3"}, "world size 24 is not divisible by the sequence-parallel size"),
     ],
 )
 def test_parse_errors_name_the_variable(changes: dict[str, str | None], message: str) -> None:
@@ -134,7 +142,8 @@ def test_secret_env_never_holds_values() -> None:
 
 def test_pure_modules_do_not_import_torch() -> None:
     code = (
-        "import sys, longvila_trainer.env_contract, longvila_operator.cli, longvila_operator.children;"
+        "import sys, longvila_contract.env, longvila_contract.config, longvila_operator.cli,"
+        " longvila_operator.children;"
         "bad = [m for m in ('torch', 'kopf', 'kubernetes') if m in sys.modules];"
         "print(bad); sys.exit(bool(bad))"
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from longvila_trainer import env_contract as E
+from longvila_contract import env as E
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "env-contract.md"
 

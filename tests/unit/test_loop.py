@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from longvila_trainer.config import LoraConfig, TrainConfig
+from longvila_contract.config import LoraConfig, TrainConfig
 from longvila_trainer.loop import accumulation, lr_at, set_trainable
 from longvila_trainer.model.longvila import build_longvila
 from longvila_trainer.model.lora import LoraLinear, apply_lora

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from longvila_trainer.config import LoraConfig
+from longvila_contract.config import LoraConfig
 from longvila_trainer.model.lora import LoraLinear, apply_lora, merge_lora, merge_lora_state, plain_names
 from longvila_trainer.model.presets import TINY
 from transformers import Qwen2Config, Qwen2ForCausalLM

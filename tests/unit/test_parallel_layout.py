@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from longvila_trainer.parallel.layout import (
+from longvila_contract.layout import (
     LayoutError,
     ParallelLayout,
     check_ulysses_hosts,
@@ -110,3 +110,30 @@ def test_ulysses_hosts() -> None:
         check_ulysses_hosts(ParallelLayout(28, 14, 1), [f"n{r // 8}" for r in range(28)])
     with pytest.raises(LayoutError, match="host names"):
         check_ulysses_hosts(lay, ["a"])
+
+
+def test_on_nodes_checks_node_locality() -> None:
+    layout = ParallelLayout.on_nodes(4, 8, ulysses=4, ring=4)
+    assert (layout.world, layout.sp, layout.dp) == (32, 16, 2)
+    with pytest.raises(
+        LayoutError, match=r"Ulysses degree \(3\) must divide the GPUs per node \(8\).*\[1, 2, 4, 8\]"
+    ):
+        ParallelLayout.on_nodes(4, 8, ulysses=3, ring=1)
+    with pytest.raises(LayoutError, match="not divisible by the sequence-parallel size"):
+        ParallelLayout.on_nodes(3, 8, ulysses=8, ring=2)
+
+
+@pytest.mark.parametrize(
+    ("ulysses", "ring", "gpn", "block"), [(4, 3, 8, 3), (8, 2, 8, 2), (2, 2, 8, 1), (8, 4, 8, 4)]
+)
+def test_node_block(ulysses: int, ring: int, gpn: int, block: int) -> None:
+    assert ParallelLayout.on_nodes(block * 2, gpn, ulysses, ring).node_block(gpn) == block
+
+
+def test_group_indices_point_into_the_group_lists() -> None:
+    layout = ParallelLayout(world=24, ulysses=2, ring=3)
+    for rank in range(layout.world):
+        c = layout.coords(rank)
+        assert rank in layout.ulysses_groups()[c.ulysses_group]
+        assert rank in layout.ring_groups()[c.ring_group]
+        assert rank in layout.dp_groups()[c.dp_group]

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 from builders import SPINE, fleet, node, node_list
+from longvila_contract.layout import ParallelLayout
 from longvila_operator.api.types import Toleration
 from longvila_operator.nodes import DOMAIN_KEYS, detect_domain_label, parse_nodes
 from longvila_operator.placement import Placement, Request, Unplaceable, plan, shrink
-from longvila_trainer.parallel.layout import ParallelLayout
 
 
 def req(nodes: int, gpus: int = 8, ulysses: int = 8, ring: int = 2, **kw: Any) -> Request:
@@ -300,7 +300,7 @@ def test_block_size_and_request_validation() -> None:
     assert req(3, ulysses=4, ring=3).block == 3  # sp 12 on 8 GPUs
     assert req(2, ulysses=8, ring=2).block == 2
     assert req(1, ulysses=2, ring=2).block == 1  # two SP groups per node
-    with pytest.raises(ValueError, match="must divide gpusPerNode"):
+    with pytest.raises(ValueError, match="must divide the GPUs per node"):
         req(2, ulysses=3, ring=1)
     with pytest.raises(ValueError, match="not divisible"):
         req(3, ulysses=8, ring=2)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from longvila_contract.labels import LABEL_NODE_RANK
 from longvila_localcluster import podspec
 from longvila_localcluster.podrunner import ENTRYPOINTS
 
@@ -25,7 +26,7 @@ def pod(name: str, rank: int, *, command: list[str] | None = None, env: list[dic
             "name": name,
             "namespace": "ns",
             "uid": f"uid-{name}",
-            "labels": {podspec.NODE_RANK_LABEL: str(rank)},
+            "labels": {LABEL_NODE_RANK: str(rank)},
         },
         "spec": {
             "hostname": name,

@@ -12,10 +12,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from builders import fleet, job_manifest, topology
+from longvila_contract.labels import ANNOTATION_NODE, LABEL_ATTEMPT, LABEL_NODE_RANK, LABEL_STAGE
 from longvila_operator import status as st
-from longvila_operator.children import ANNOTATION_NODE, LABEL_ATTEMPT, LABEL_NODE_RANK, LABEL_STAGE
+from longvila_operator.decision import Decision, Observed, PodView
 from longvila_operator.nodes import NodeInfo, parse_node
-from longvila_operator.reconcile import Decision, Observed, PodView, reconcile
+from longvila_operator.reconcile import reconcile
 
 T0 = datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC)
 

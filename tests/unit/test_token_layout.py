@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 import torch
-from longvila_trainer.parallel.layout import LayoutError
+from longvila_contract.layout import LayoutError
 from longvila_trainer.parallel.token_layout import plan_tokens
 
 DOCS = [(64,), (37, 5, 60, 1), (1,), (7, 7, 7)]

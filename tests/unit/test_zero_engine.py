@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from longvila_trainer.config import ConfigError, TrainConfig
+from longvila_contract.config import ConfigError, TrainConfig
 from longvila_trainer.model.longvila import PackedBatch
 from longvila_trainer.sharding.frames import IGNORE_INDEX
 from longvila_trainer.zero import BUCKET_ELEMENTS, batch_targets, ds_config, import_deepspeed

@@ -19,13 +19,13 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+from longvila_contract.layout import LayoutError, ParallelLayout, kv_replication
 from torch import Tensor
 
 from .attention.context import AttentionContext
 from .attention.reference import Problem, exact_grads, max_errors, random_problem, shard, unshard
 from .attention.usp import usp_attention
 from .parallel.groups import SPGroups, build_groups
-from .parallel.layout import LayoutError, ParallelLayout, kv_replication
 from .parallel.spawn import run_gloo
 from .parallel.token_layout import KINDS, TokenLayout, plan_tokens
 

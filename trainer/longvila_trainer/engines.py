@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any, Protocol, cast
 
 import torch
+from longvila_contract.config import TrainConfig
 from torch.distributed.checkpoint.state_dict import (
     get_model_state_dict,
     get_optimizer_state_dict,
@@ -20,7 +21,6 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from . import loop
-from .config import TrainConfig
 from .model.longvila import LongVILA, PackedBatch
 from .parallel.groups import SPGroups
 from .parallel.token_layout import Kind

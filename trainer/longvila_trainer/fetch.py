@@ -15,6 +15,8 @@ import re
 import shutil
 from pathlib import Path
 
+from longvila_contract.uri import URI
+
 from .checkpoint.s3 import Storage, StorageError, open_storage
 
 
@@ -24,8 +26,9 @@ def cache_path(uri: str, cache: Path) -> Path:
     return cache / "s3" / f"{tail}-{hashlib.sha256(uri.encode()).hexdigest()[:12]}"
 
 
-def local_copy(uri: str, cache: Path, storage: Storage | None = None) -> Path:
+def local_copy(uri: str | URI, cache: Path, storage: Storage | None = None) -> Path:
     """The local directory holding every object under `uri` (fetched on first use)."""
+    uri = str(uri)
     dest = cache_path(uri, cache)
     if dest.is_dir():
         return dest

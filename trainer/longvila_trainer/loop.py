@@ -20,10 +20,10 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from longvila_contract.config import TrainConfig
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from .config import TrainConfig
 from .model.longvila import LongVILA, PackedBatch
 from .parallel.groups import SPGroups
 from .parallel.token_layout import Kind

@@ -26,14 +26,16 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from longvila_contract import env as E
+from longvila_contract.config import ConfigError, TrainerConfig, load_config, with_stage
+from longvila_contract.layout import LayoutError, ParallelLayout, kv_replication
+from longvila_contract.stages import stage_type
+from longvila_contract.uri import URIError
 from torch.distributed import PrefixStore, TCPStore  # type: ignore[attr-defined]
 
-from . import env_contract as E
 from . import loop
 from .checkpoint.s3 import StorageError
 from .checkpoint.store import CheckpointNotFoundError, CheckpointStore
-from .checkpoint.uri import CheckpointURIError
-from .config import ConfigError, TrainerConfig, load_config, with_stage
 from .data.loader import PackedLoader, build_loader, open_stage_data
 from .data.packing import tokens_per_frame
 from .data.tokenizer import load_tokenizer
@@ -43,11 +45,10 @@ from .model.lora import MERGED, apply_lora, merge_lora_state, plain_names
 from .model.presets import PRESETS
 from .model.weights import WeightsError, build_model, check_weights
 from .parallel.groups import build_groups
-from .parallel.layout import LayoutError, ParallelLayout, kv_replication
 from .parallel.token_layout import Kind
 from .parallelize import ParallelizeOptions, parallelize
 
-BAD_INPUT = (ConfigError, E.EnvContractError, LayoutError, WeightsError, CheckpointURIError, StorageError,
+BAD_INPUT = (ConfigError, E.EnvContractError, LayoutError, WeightsError, URIError, StorageError,
              CheckpointNotFoundError, FileNotFoundError)  # fmt: skip
 
 
@@ -80,13 +81,14 @@ def plan(args: argparse.Namespace, environ: Mapping[str, str]) -> Plan:
     """The env contract when present (torchrun in a pod), else a direct one-process run."""
     env = E.parse(environ) if E.STAGE_TYPE in environ else None
     path = args.config or (env.config_path if env else None)
-    cfg = load_config(path, args.set, preset=args.preset or (env.stage_type if env else None))
+    preset = args.preset or (stage_type(env.stage_type).preset if env else None)
+    cfg = load_config(path, args.set, preset=preset)
     if env is None:
         out = Plan(cfg, ParallelLayout(1), "zigzag", cfg.checkpoint.uri, cfg.model.init)
     else:
         cfg = with_stage(cfg, env.stage, env.stage_type)
-        layout = ParallelLayout(env.world_size, env.ulysses, env.ring)
-        kind: Kind = "zigzag" if env.layout == "zigzag" else "contiguous"
+        layout = env.layout()
+        kind: Kind = "zigzag" if env.token_layout == "zigzag" else "contiguous"
         out = Plan(cfg, layout, kind, env.checkpoint_uri, env.init_checkpoint or cfg.model.init)
         world = environ.get("WORLD_SIZE", str(layout.world))
         if world != str(layout.world):
@@ -141,6 +143,53 @@ def checkpoint_meta(cfg: TrainerConfig) -> dict[str, Any]:
     }
 
 
+def start_state(
+    job: Plan,
+    engine: Engine,
+    loader: PackedLoader,
+    store: CheckpointStore,
+    resume: int | None,
+    first: dict[str, int],
+    cache: Path,
+    rank: int,
+) -> tuple[dict[str, int], int | None]:
+    """Where this run starts, as (progress, ended): resume from this stage's newest complete
+    checkpoint, else start from the init checkpoint's weights (the previous stage's), else
+    from the model's own. `ended` is the step a LoRA stage already finished at (its merged
+    final checkpoint committed, final.json not yet written), None otherwise.
+
+    Only a resume reads optimizer state: asking for it earlier would make torch initialise
+    AdamW with a zero-gradient step, and the first real update would run as Adam step 2.
+    """
+    t = job.cfg.train
+    if resume is not None and store.manifest(resume).meta.get("weights") == MERGED:
+        if t.max_steps not in (None, resume):
+            raise ConfigError(
+                f"train.max_steps={t.max_steps}: this LoRA stage already ended at step {resume} "
+                "with merged weights; it cannot train further"
+            )
+        say(rank, f"step {resume} of {job.uri} holds the stage's merged final weights; nothing to train")
+        return {**first, "step": resume, "max_steps": resume}, resume
+    if resume is not None:
+        state = training_state(engine, loader, 0, first["packs_per_step"], first["max_steps"])
+        loaded = store.load(state)
+        engine.load(state["model"], state["optimizer"])
+        loader.load_state_dict(state["loader"])
+        if loaded.rank_state is not None:
+            torch.set_rng_state(loaded.rank_state["rng"])
+        where = f"{job.uri} (written by {loaded.manifest.world_size} ranks)"
+        say(rank, f"resumed from step {loaded.step} of {where}")
+        return dict(state["progress"]), None
+    if job.init:  # the previous stage's committed weights; optimizer and data start fresh
+        own = engine.model_state()
+        names = plain_names(own)  # under LoRA the checkpoint's `P.weight` fills `P.base.weight`
+        weights = {"model": {plain: own[mine] for plain, mine in names.items()}}
+        loaded = CheckpointStore.from_uri(job.init, staging=cache / "staging").load(weights, step="final")
+        engine.load({**own, **{mine: weights["model"][plain] for plain, mine in names.items()}}, None)
+        say(rank, f"initialised weights from step {loaded.step} of {job.init}")
+    return first, None
+
+
 def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     job = plan(args, environ)
     cfg, layout, t = job.cfg, job.layout, job.cfg.train
@@ -180,37 +229,8 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     )
 
     total = t.max_steps or loader.rounds_in_epoch() // t.grad_accum  # one pass over the data
-    # Only a resume reads optimizer state: asking for it earlier would make torch initialise
-    # AdamW with a zero-gradient step, and the first real update would run as Adam step 2.
-    progress = {"step": 0, "packs_per_step": t.grad_accum * layout.dp, "max_steps": total}
-    ended = resume if resume is not None and store.manifest(resume).meta.get("weights") == MERGED else None
-    if ended is not None:  # a crash after the merged final checkpoint was committed, before final.json
-        if t.max_steps not in (None, ended):
-            raise ConfigError(
-                f"train.max_steps={t.max_steps}: this LoRA stage already ended at step {ended} "
-                "with merged weights; it cannot train further"
-            )
-        progress = {**progress, "step": ended, "max_steps": ended}
-        say(rank, f"step {ended} of {job.uri} holds the stage's merged final weights; nothing to train")
-    elif resume is not None:
-        state = training_state(engine, loader, 0, int(progress["packs_per_step"]), total)
-        loaded = store.load(state)
-        engine.load(state["model"], state["optimizer"])
-        loader.load_state_dict(state["loader"])
-        if loaded.rank_state is not None:
-            torch.set_rng_state(loaded.rank_state["rng"])
-        progress = state["progress"]
-        say(
-            rank,
-            f"resumed from step {loaded.step} of {job.uri} (written by {loaded.manifest.world_size} ranks)",
-        )
-    elif job.init:  # the previous stage's committed weights; optimizer and data start fresh
-        own = engine.model_state()
-        names = plain_names(own)  # under LoRA the checkpoint's `P.weight` fills `P.base.weight`
-        weights = {"model": {plain: own[mine] for plain, mine in names.items()}}
-        loaded = CheckpointStore.from_uri(job.init, staging=cache / "staging").load(weights, step="final")
-        engine.load({**own, **{mine: weights["model"][plain] for plain, mine in names.items()}}, None)
-        say(rank, f"initialised weights from step {loaded.step} of {job.init}")
+    first = {"step": 0, "packs_per_step": t.grad_accum * layout.dp, "max_steps": total}
+    progress, ended = start_state(job, engine, loader, store, resume, first, cache, rank)
     step, packs = int(progress["step"]), int(progress["packs_per_step"])
     total = t.max_steps or int(progress["max_steps"])  # a derived length is kept from the first start
     accum = loop.accumulation(packs, layout.dp)  # dp shrank after a lost node: more micro-steps

@@ -28,8 +28,8 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from longvila_contract.config import ConfigError, TrainConfig
 
-from .config import ConfigError, TrainConfig
 from .loop import StepStats, expanded_tokens, step_stats
 from .model.longvila import LongVILA, PackedBatch
 from .parallel.groups import SPGroups

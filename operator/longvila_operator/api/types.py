@@ -20,22 +20,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar, dataclass_transform
 
-# Stage types and layouts are values of the env contract (LONGVILA_STAGE_TYPE, LONGVILA_LAYOUT).
-from longvila_trainer.env_contract import LAYOUTS, STAGE_TYPES
+from longvila_contract.layout import TOKEN_LAYOUTS, sp_divides_world, ulysses_in_node
+from longvila_contract.stages import STAGE_TABLE, STAGE_TYPES, StageType
+from longvila_contract.status import PHASES, STAGE_PHASES
+from longvila_contract.uri import DATA_URI, HTTP_ENDPOINT, MODEL_URI, S3_URI, forms
 
 NODE_FAILURE_POLICIES = ("replace", "shrink", "fail")
-PHASES = ("Pending", "Running", "Restarting", "Succeeded", "Failed", "Suspended")
-STAGE_PHASES = ("Pending", "Running", "Restarting", "Succeeded", "Failed")
 
 # Regexes shared by CEL (RE2) and Python `re`; written without backslashes so the same text
-# is valid inside a CEL string literal (`[.]`, not an escaped dot). `[!-~]` is any printable
-# ASCII character but space.
-S3_URI = "^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[!-~]*)?$"
-MODEL_URI = "^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[!-~]*)?|file:///[!-~]*)$"
-DATA_URI = (
-    "^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[!-~]*)?|file:///[!-~]*|synthetic://[a-z0-9][-a-z0-9._]*)$"
-)
-HTTP_ENDPOINT = "^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/?$"
+# is valid inside a CEL string literal (`[.]`, not an escaped dot), as the URI regexes of
+# longvila_contract.uri are.
 DNS_LABEL = "^[a-z]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 LABEL_KEY = (
@@ -123,12 +117,8 @@ def uri_rule(regex: str, message: str, *, allow_empty: bool = False) -> Rule:
 S3_RULE = uri_rule(
     S3_URI, "must be an S3 URI s3://<bucket>/<prefix> (bucket: 3-63 lowercase letters, digits, dots, hyphens)"
 )
-MODEL_RULE = uri_rule(
-    MODEL_URI, "must be s3://<bucket>/<prefix> or file:///<absolute path inside the image or a volume>"
-)
-DATA_RULE = uri_rule(
-    DATA_URI, "must be s3://<bucket>/<prefix>, file:///<absolute path> or synthetic://<generator name>"
-)
+MODEL_RULE = uri_rule(MODEL_URI, f"must be {forms(('s3', 'file'))} inside the image or a volume")
+DATA_RULE = uri_rule(DATA_URI, f"must be {forms(('s3', 'file', 'synthetic'))}")
 ENDPOINT_RULE = uri_rule(
     HTTP_ENDPOINT,
     "must be empty or an http(s)://host[:port] URL of an S3-compatible endpoint",
@@ -190,7 +180,7 @@ class SequenceParallel:
     layout: str = prop(
         "Token layout over the ring: zigzag balances causal attention; contiguous is plain sharding.",
         default="zigzag",
-        enum=LAYOUTS,
+        enum=TOKEN_LAYOUTS,
         max_length=16,
     )
 
@@ -272,7 +262,7 @@ class Topology:
             message="sequenceParallel.ulysses must divide gpusPerNode (e.g. 1, 2, 4 or 8 on 8-GPU nodes), "
             "so every "
             "Ulysses all-to-all stays inside one node",
-            check=lambda t: t.gpus_per_node % t.sequence_parallel.ulysses == 0,
+            check=lambda t: ulysses_in_node(t.sequence_parallel.ulysses, t.gpus_per_node),
             field_path=".sequenceParallel.ulysses",
         ),
         Rule(
@@ -280,8 +270,8 @@ class Topology:
             " % (self.sequenceParallel.ulysses * self.sequenceParallel.ring) == 0",
             message="nodes × gpusPerNode (the world size) must be divisible by "
             "sequenceParallel.ulysses × sequenceParallel.ring (the sequence-parallel size)",
-            check=lambda t: (
-                (t.nodes * t.gpus_per_node) % (t.sequence_parallel.ulysses * t.sequence_parallel.ring) == 0
+            check=lambda t: sp_divides_world(
+                t.nodes * t.gpus_per_node, t.sequence_parallel.ulysses, t.sequence_parallel.ring
             ),
         ),
         Rule(
@@ -346,27 +336,43 @@ class Stage:
         max_properties=64,
     )
 
-    RULES: ClassVar[tuple[Rule, ...]] = (
-        Rule(
-            rule="self.type != 'context-extension' || (has(self.contextLength) && has(self.ropeTheta))",
-            message="a context-extension stage needs contextLength and ropeTheta "
-            "(the RoPE base for the new length)",
-            check=lambda s: (
-                s.type != "context-extension" or (s.context_length is not None and s.rope_theta is not None)
-            ),
-        ),
-        Rule(
-            rule="self.type != 'context-extension' || !has(self.frames)",
-            message="a context-extension stage is text-only: remove frames",
-            check=lambda s: s.type != "context-extension" or s.frames is None,
-            field_path=".frames",
-        ),
-        Rule(
-            rule="self.type != 'long-video-sft' || has(self.frames)",
-            message="a long-video-sft stage needs frames (video frames per sample, e.g. 256)",
-            check=lambda s: s.type != "long-video-sft" or s.frames is not None,
-        ),
-    )
+    # One rule per required or forbidden field of each type in the stage-type table.
+    RULES: ClassVar[tuple[Rule, ...]] = ()
+
+
+def stage_rules(t: StageType) -> tuple[Rule, ...]:
+    """The CEL rules (and their Python side) a stage of type `t` must satisfy."""
+
+    def snake(field: str) -> str:  # contextLength -> context_length: the Python name of a JSON field
+        return re.sub("([A-Z])", lambda m: "_" + m.group(1).lower(), field)
+
+    out = []
+
+    def has_all(s: Any) -> bool:
+        return bool(s.type != t.name or all(getattr(s, snake(r.field)) is not None for r in t.requires))
+
+    def lacks(field: str) -> Callable[[Any], bool]:
+        return lambda s: bool(s.type != t.name or getattr(s, snake(field)) is None)
+
+    if t.requires:
+        present = " && ".join(f"has(self.{r.field})" for r in t.requires)
+        has = f"({present})" if len(t.requires) > 1 else present
+        out.append(
+            Rule(rule=f"self.type != '{t.name}' || {has}", message=t.required_message(), check=has_all)
+        )
+    for r in t.forbids:
+        out.append(
+            Rule(
+                rule=f"self.type != '{t.name}' || !has(self.{r.field})",
+                message=t.forbidden_message(r),
+                check=lacks(r.field),
+                field_path=f".{r.field}",
+            )
+        )
+    return tuple(out)
+
+
+Stage.RULES = tuple(rule for t in STAGE_TABLE for rule in stage_rules(t))
 
 
 @api_object
@@ -502,9 +508,11 @@ class JobSpec:
             "(a shrink keeps the SP layout)",
             check=lambda s: (
                 s.failure_policy.min_nodes is None
-                or (s.failure_policy.min_nodes * s.topology.gpus_per_node)
-                % (s.topology.sequence_parallel.ulysses * s.topology.sequence_parallel.ring)
-                == 0
+                or sp_divides_world(
+                    s.failure_policy.min_nodes * s.topology.gpus_per_node,
+                    s.topology.sequence_parallel.ulysses,
+                    s.topology.sequence_parallel.ring,
+                )
             ),
             field_path=".failurePolicy.minNodes",
         ),

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from longvila_contract.layout import LayoutError, kv_replication
 from torch import Tensor
 
 from ..parallel.groups import SPGroups
-from ..parallel.layout import LayoutError, kv_replication
 from ..parallel.token_layout import TokenLayout
 from .comm import CommMeter
 

@@ -18,9 +18,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from longvila_contract.layout import LayoutError
 from torch import Tensor
 
-from ..parallel.layout import LayoutError
 from .comm import RingShift
 from .context import AttentionContext, Pass
 from .kernels import Kernel, Varlen, select_kernel

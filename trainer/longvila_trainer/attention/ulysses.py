@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from longvila_contract.layout import LayoutError
 from torch import Tensor
 
-from ..parallel.layout import LayoutError
 from .comm import CommMeter, all_gather_sizes, all_to_all
 from .context import AttentionContext
 from .ring import ring_core

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+from longvila_contract.layout import LayoutError, ParallelLayout, kv_replication
 from torch import Tensor
 
 from ..attention.comm import CommMeter
@@ -35,7 +36,6 @@ from ..attention.reference import exact_attention
 from ..attention.ring import pass_backward, pass_forward
 from ..attention.usp import usp_attention
 from ..parallel.groups import SPGroups, build_groups
-from ..parallel.layout import LayoutError, ParallelLayout, kv_replication
 from ..parallel.spawn import run_gloo
 from ..parallel.token_layout import plan_tokens
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from .uri import CheckpointURI, parse_uri
+from longvila_contract.uri import URI, parse_uri
 
 T = TypeVar("T")
 MiB = 1 << 20
@@ -236,7 +236,7 @@ class S3Storage:
 
     def __init__(
         self,
-        uri: CheckpointURI,
+        uri: URI,
         config: S3Config,
         client: Any = None,
         sleep: Callable[[float], None] = time.sleep,
@@ -341,7 +341,7 @@ class S3Storage:
             )
 
 
-def open_storage(uri: str | CheckpointURI, environ: Mapping[str, str] | None = None, **s3: Any) -> Storage:
+def open_storage(uri: str | URI, environ: Mapping[str, str] | None = None, **s3: Any) -> Storage:
     """The backend for a URI: S3 (config from `environ`, else os.environ, plus overrides) or local."""
     u = parse_uri(uri) if isinstance(uri, str) else uri
     if u.scheme == "file":

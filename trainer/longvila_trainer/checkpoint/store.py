@@ -25,12 +25,12 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from longvila_contract import checkpoint as L
+from longvila_contract.layout import ParallelLayout
 from torch.distributed.checkpoint.filesystem import FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
-from ..parallel.layout import ParallelLayout
-from . import layout as L
 from .s3 import Storage, StorageError, file_digest, open_storage
 
 log = logging.getLogger(__name__)
@@ -115,25 +115,14 @@ class CheckpointStore:
         if files is None:
             root = L.step_dir(step) + "/"
             files = {k[len(root) :]: v for k, v in self.storage.listing(root).items()}
-        if L.MANIFEST not in files:
-            raise CheckpointNotFoundError(
-                f"{self.storage.describe(L.step_dir(step))}: no manifest (incomplete)"
-            )
-        m = L.Manifest.from_json(self.storage.get_bytes(L.manifest_key(step)))
-        problems = m.problems(step, files)
-        if problems:
-            raise CheckpointNotFoundError(f"{L.step_dir(step)} is incomplete: " + "; ".join(problems))
-        return m
+        try:
+            return L.check_step(step, files, self.storage.get_bytes)
+        except L.IncompleteCheckpoint as err:
+            raise CheckpointNotFoundError(f"{self.storage.describe(L.step_dir(step))}: {err}") from None
 
     def complete_steps(self) -> list[int]:
-        done = []
-        for step, files in sorted(self.steps().items()):
-            try:
-                self.manifest(step, files)
-                done.append(step)
-            except (CheckpointNotFoundError, L.ManifestError):
-                continue
-        return done
+        """Steps whose manifest matches their files (the contract's one idea of complete)."""
+        return L.read_checkpoints(self.storage.listing(""), self.storage.get_bytes).complete_steps()
 
     def latest_complete(self) -> int | None:
         done = self.complete_steps()

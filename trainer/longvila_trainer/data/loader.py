@@ -24,8 +24,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from longvila_contract.config import SyntheticConfig, TrainerConfig
+from longvila_contract.stages import SHORT_MIX_SOURCE, STAGE_TABLE
+from longvila_contract.stages import stage_type as stage_table_entry
+from longvila_contract.uri import SCHEMES, URI, local_path, parse_uri
 
-from ..config import SyntheticConfig, TrainerConfig
 from ..model.longvila import PackedBatch
 from .packing import build_packed_batch, expanded_length, next_pack
 from .samples import LongShortMix, MediaRef, Sample, open_dataset, pixels_of
@@ -150,12 +153,13 @@ def data_root(
     cache_dir: Path,
     synthetic: SyntheticConfig,
     codec: TextCodec,
-    fetch: Callable[[str], Path] | None = None,
+    fetch: Callable[[URI], Path] | None = None,
 ) -> Path:
     """The local directory of dataset `uri`: file:///dir as is, synthetic:// generated
     once into `cache_dir` (atomically: several ranks may race), s3:// copied by `fetch`."""
-    if uri.startswith("synthetic://"):
-        name, s = uri.removeprefix("synthetic://"), synthetic
+    u = parse_uri(uri, "data.uri", SCHEMES) if not uri.startswith("/") else uri
+    if isinstance(u, URI) and u.scheme == "synthetic":
+        name, s = u.prefix, synthetic
         root = cache_dir / f"{name}-s{s.seed}-n{s.samples}-f{s.video_frames}-p{s.size}-t{s.text_tokens}"
         if not (root / MANIFEST).is_file():
             tmp = cache_dir / f"{root.name}.tmp-{os.getpid()}"
@@ -174,15 +178,11 @@ def data_root(
             except OSError:  # another rank won the race; its copy is identical
                 shutil.rmtree(tmp, ignore_errors=True)
         return root
-    if uri.startswith("s3://"):
-        if fetch is None:
-            raise ValueError(f"data {uri}: an s3:// dataset needs a fetch function (S3 → local dir)")
-        return fetch(uri)
-    return Path(uri.removeprefix("file://"))
+    return local_path(u, fetch, "data.uri")
 
 
 def open_stage_data(
-    cfg: TrainerConfig, codec: TextCodec, cache_dir: Path, fetch: Callable[[str], Path] | None = None
+    cfg: TrainerConfig, codec: TextCodec, cache_dir: Path, fetch: Callable[[URI], Path] | None = None
 ) -> Sequence[Sample]:
     """The stage's samples: its dataset, plus the short mix for long-video SFT."""
     stage_type = cfg.stage.type
@@ -191,10 +191,13 @@ def open_stage_data(
     main = open_dataset(root, stage_type, codec, frames, max_tokens=budget)
     if cfg.data.short_fraction <= 0:
         return main
-    if stage_type != "long-video-sft":
-        raise ValueError(f"data.short_fraction: long-short mixing is for long-video-sft, not {stage_type}")
+    if not stage_table_entry(stage_type).short_mix:
+        mixing = [t.name for t in STAGE_TABLE if t.short_mix]
+        raise ValueError(
+            f"data.short_fraction: long-short mixing is for {', '.join(mixing)}, not {stage_type}"
+        )
     short_root = data_root(cfg.data.short_uri, cache_dir, cfg.data.synthetic, codec, fetch)
-    short = open_dataset(short_root, "short-sft", codec, cfg.data.short_frames, max_tokens=budget)
+    short = open_dataset(short_root, SHORT_MIX_SOURCE, codec, cfg.data.short_frames, max_tokens=budget)
     return LongShortMix(main, short, cfg.data.short_fraction, cfg.train.seed)
 
 

@@ -30,19 +30,14 @@ from typing import Any, Literal, overload
 
 import numpy as np
 import torch
+from longvila_contract.stages import STAGE_TABLE
 
 from ..sharding.frames import IGNORE_INDEX
 from .tokenizer import MEDIA, VIDEO, TextCodec
 from .video import decode_video, load_image, to_pixels
 
 SYSTEM = "you are a helpful assistant."
-FORMATS: dict[str, tuple[str, ...]] = {
-    "alignment": ("caption",),
-    "pretraining": ("caption", "interleaved"),
-    "short-sft": ("conversation", "caption"),
-    "context-extension": ("text",),
-    "long-video-sft": ("conversation",),
-}
+FORMATS: dict[str, tuple[str, ...]] = {t.name: t.data_kinds for t in STAGE_TABLE}  # the stage table's
 _MARKER = re.compile(f"({re.escape(MEDIA)}|{re.escape(VIDEO)})")
 
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from longvila_contract.uri import URI, local_path
 from tokenizers import Tokenizer, decoders, models, normalizers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
@@ -86,16 +87,11 @@ def codec_of(tokenizer: PreTrainedTokenizerBase) -> TextCodec:
     return TextCodec(tokenizer, ids[MEDIA], eos, ids[IM_START], ids[IM_END])
 
 
-def load_tokenizer(source: str, fetch: Callable[[str], Path] | None = None) -> TextCodec:
+def load_tokenizer(source: str, fetch: Callable[[URI], Path] | None = None) -> TextCodec:
     """`tiny`, a local HF directory (`/dir` or `file:///dir`), or `s3://…` through `fetch`."""
     if source == TINY:
         return codec_of(tiny_tokenizer())
-    if source.startswith("s3://"):
-        if fetch is None:
-            raise ValueError(f"tokenizer {source}: an s3:// source needs a fetch function (S3 → local dir)")
-        local = fetch(source)
-    else:
-        local = Path(source.removeprefix("file://"))
+    local = local_path(source, fetch, "model.tokenizer")
     if not (local / "tokenizer_config.json").is_file() and not (local / "tokenizer.json").is_file():
         raise FileNotFoundError(f"tokenizer {source}: no tokenizer.json or tokenizer_config.json in {local}")
     return codec_of(AutoTokenizer.from_pretrained(str(local), local_files_only=True))

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from longvila_contract.layout import ParallelLayout
 
 from ..checkpoint.s3 import StorageError
 from ..checkpoint.store import CheckpointNotFoundError, CheckpointStore
@@ -37,7 +38,6 @@ from ..model.longvila import LongVILA, build_longvila
 from ..model.presets import PRESETS
 from ..model.weights import load_weights, weights_step
 from ..parallel.groups import SPGroups, build_groups, single_process_groups
-from ..parallel.layout import ParallelLayout
 from ..parallel.spawn import run_gloo
 from ..parallel.token_layout import Kind
 from .needle import Cell, Haystack, NeedleMaker, build_case, cell_of, judge, parse_grid
@@ -188,7 +188,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[NiahSpec, Path | None]:
     ParallelLayout(a.ulysses * a.ring, a.ulysses, a.ring)  # validates U and R
     if a.rope_theta is not None and a.rope_theta <= 0:
         raise ValueError(f"--rope-theta must be > 0, got {a.rope_theta}")
-    if a.weights is not None and not a.weights.startswith(("s3://", "file://")):
+    if a.weights is not None and "://" not in a.weights:
         a.weights = f"file://{Path(a.weights).resolve()}"  # a local checkpoint directory
     spec = NiahSpec(
         preset=a.preset, frames=frames, depths=depths, ulysses=a.ulysses, ring=a.ring, kind=a.layout,

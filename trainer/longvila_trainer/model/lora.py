@@ -17,10 +17,9 @@ import math
 from collections.abc import Mapping
 
 import torch
+from longvila_contract.config import LoraConfig
 from torch import nn
 from torch.distributed.tensor import DTensor, distribute_tensor
-
-from ..config import LoraConfig
 
 
 class LoraLinear(nn.Module):

@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from longvila_contract.config import LoraConfig, TrainerConfig
+from longvila_contract.uri import URIError, local_path, parse_uri
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipVisionModel
 
 from ..checkpoint.s3 import open_storage
 from ..checkpoint.store import CheckpointNotFoundError, CheckpointStore
-from ..config import LoraConfig, TrainerConfig
 from ..fetch import local_copy
 from ..hf_attention import register_usp_attention
 from .longvila import LongVILA, build_longvila
@@ -38,26 +39,28 @@ class WeightsError(ValueError):
 
 
 def check_weights(field: str, uri: str) -> None:
-    """Before any process group: the directory or S3 prefix holds config.json."""
-    if uri.startswith("s3://"):
-        if "config.json" not in open_storage(uri).listing("config.json"):
-            raise WeightsError(
-                f"{field}={uri!r}: no config.json under that S3 prefix (an HF directory is expected)"
-            )
-    else:
+    """Before any process group: the directory or S3 prefix holds config.json (an S3 prefix
+    is listed, not copied: the copy is made once the ranks of a node share a cache)."""
+    try:
+        u = parse_uri("file://" + uri if uri.startswith("/") else uri, field)
+    except URIError as err:
+        raise WeightsError(str(err)) from None
+    if not u.is_s3:
         weights_dir(field, uri)
+    elif "config.json" not in open_storage(u).listing("config.json"):
+        raise WeightsError(
+            f"{field}={uri!r}: no config.json under that S3 prefix (an HF directory is expected)"
+        )
 
 
 def weights_dir(field: str, uri: str, cache: Path | None = None) -> Path:
     """The local HF directory of `uri`; an s3:// prefix is first copied under `cache` (its
     config.json was checked by `check_weights` before any process group; the copy is checked
     here like any local directory, without listing the prefix again)."""
-    if uri.startswith("s3://"):
-        if cache is None:
-            raise WeightsError(f"{field}={uri!r}: s3:// weights need a cache directory to be fetched into")
-        path = local_copy(uri, cache)
-    else:
-        path = Path(uri.removeprefix("file://"))
+    try:
+        path = local_path(uri, None if cache is None else (lambda u: local_copy(u, cache)), field)
+    except URIError as err:
+        raise WeightsError(f"{err} (s3:// weights are fetched into the cache directory)") from None
     if not (path / "config.json").is_file():
         raise WeightsError(
             f"{field}={uri!r}: no config.json in {path} (weights are never downloaded; "

@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from typing import cast
 
 import torch.distributed as dist
-
-from .layout import ParallelLayout, check_ulysses_hosts
+from longvila_contract.layout import ParallelLayout, check_ulysses_hosts
 
 
 @dataclass(frozen=True)

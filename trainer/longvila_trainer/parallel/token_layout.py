@@ -20,14 +20,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Literal
 
 import torch
+from longvila_contract.layout import TOKEN_LAYOUTS, LayoutError, TokenLayoutName
 
-from .layout import LayoutError
-
-Kind = Literal["zigzag", "contiguous"]
-KINDS: tuple[Kind, ...] = ("zigzag", "contiguous")
+Kind = TokenLayoutName  # the names are the contract's (LONGVILA_LAYOUT, the CRD's enum)
+KINDS = TOKEN_LAYOUTS
 
 
 @dataclass(frozen=True)

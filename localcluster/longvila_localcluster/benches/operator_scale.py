@@ -1,6 +1,6 @@
 """Operator figures for docs/benchmarks.md, on a local cluster of 32 fake nodes × 8 GPUs.
 
-    python -m longvila_operator.bench [--nodes 32] [--domains 4] [--json]
+    python -m longvila_localcluster.benches.operator_scale [--nodes 32] [--domains 4] [--json]
 
 1. `create` of a 32-node LongVILAJob → all 32 pods bound, then Running; the operator's API
    requests in that window (its own counter: the reconcile layer's reads and writes; kopf's
@@ -26,15 +26,14 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from longvila_operator import crd
+from longvila_operator.api import GROUP, PLURAL, VERSION
+
 from longvila_localcluster.build import ensure_all
 from longvila_localcluster.cluster import ClusterInfo, LocalCluster, set_node_managed
 from longvila_localcluster.nodes import NodeSpec
 from longvila_localcluster.probes import poll
 from longvila_localcluster.versions import load_versions
-
-from .api import GROUP, PLURAL, VERSION
-
-CRD = Path(__file__).resolve().parent.parent / "config/crd/longvila.io_longvilajobs.yaml"
 
 
 def port() -> int:
@@ -206,7 +205,8 @@ def node_not_ready(core: Any, name: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m longvila_operator.bench", description=__doc__.split("\n")[0])
+    prog = "python -m longvila_localcluster.benches.operator_scale"
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
     p.add_argument("--nodes", type=int, default=32)
     p.add_argument("--domains", type=int, default=4)
     p.add_argument("--json", action="store_true")
@@ -221,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         op = None
         try:
             subprocess.run(
-                ["kubectl", "apply", "--server-side", "-f", str(CRD)],
+                ["kubectl", "apply", "--server-side", "-f", "-"],
+                input=crd.render().encode(),
                 env=env,
                 check=True,
                 capture_output=True,

@@ -1,7 +1,7 @@
 """The trainer config: typed, frozen dataclasses read from YAML, strictly validated.
 
 Layers, later wins: a preset (`presets/<name>.yaml`, chosen by the caller, normally the
-stage type from the env contract), then the config file (the operator's rendered
+stage type's preset from stages.py), then the config file (the operator's rendered
 ConfigMap, `longvila_operator.trainer_config.render`), then `--set a.b=c` overrides
 (values parsed as YAML scalars). World size, ranks and this run's URIs are never here:
 they come from the env contract.
@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from .env_contract import STAGE_TYPES
+from .stages import STAGE_TYPES
 
 SCHEDULES = ("constant_with_warmup", "cosine")
 ENGINES = ("fsdp", "deepspeed")  # FSDP2 (parallelize.py) or DeepSpeed ZeRO 1/2 (zero.py)
@@ -119,7 +119,7 @@ class CheckpointConfig:
 @dataclass(frozen=True)
 class StageConfig:
     name: str = ""  # the env contract's LONGVILA_STAGE wins when set
-    type: str = ""  # one of env_contract.STAGE_TYPES; must match LONGVILA_STAGE_TYPE
+    type: str = ""  # one of stages.STAGE_TYPES; must match LONGVILA_STAGE_TYPE
 
 
 @dataclass(frozen=True)

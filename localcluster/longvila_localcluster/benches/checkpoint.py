@@ -1,6 +1,6 @@
 """Checkpoint save/load throughput: the S3 store against the same store on local disk.
 
-python -m longvila_trainer.checkpoint.bench [--mib 256] [--trials 3] [--json]
+python -m longvila_localcluster.benches.checkpoint [--mib 256] [--trials 3] [--json]
 
 Uses the S3 server named by AWS_ENDPOINT_URL_S3 / AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY /
 LONGVILA_S3_BUCKET (e.g. `eval $(longvila-cluster env)`); without one it starts a private
@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from longvila_contract.uri import parse_uri
+from longvila_trainer.checkpoint.s3 import LocalStorage, S3Config, S3Storage, Storage
+from longvila_trainer.checkpoint.store import CheckpointStore
 
-from .s3 import LocalStorage, S3Config, S3Storage, Storage
-from .store import CheckpointStore
-from .uri import parse_uri
+from ..s3 import private_s3
 
 GiB = float(1 << 30)
 
@@ -128,8 +129,6 @@ def main(argv: list[str] | None = None) -> int:
                     "bucket": env.get("LONGVILA_S3_BUCKET", "longvila"),
                 }
             else:
-                from longvila_localcluster.s3 import private_s3  # dev tooling: the local S3 server
-
                 s3 = stack.enter_context(private_s3(work / "s3")).as_dict()
             result = run(s3, a.mib, a.trials, work)
     if a.json:

@@ -20,6 +20,8 @@ Decisions worth knowing:
 - PET_RDZV_CONF carries `is_host` explicitly (1 on node rank 0): torchrun's own guess
   compares the endpoint with the machine's hostname, which a pod's DNS name does not match.
 - S3 credentials never appear as values: `secret_env` builds secretKeyRef entries.
+- The layout is LONGVILA_ULYSSES and LONGVILA_RING; the SP size is their product
+  (layout.ParallelLayout owns that arithmetic), so it is not a variable of its own.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from .layout import TOKEN_LAYOUTS, LayoutError, ParallelLayout
+from .stages import STAGE_TYPES
+from .uri import Scheme, URIError, check_endpoint, parse_uri
 
 NNODES = "PET_NNODES"
 NPROC_PER_NODE = "PET_NPROC_PER_NODE"
@@ -40,7 +46,6 @@ RDZV_ID = "PET_RDZV_ID"
 RDZV_CONF = "PET_RDZV_CONF"
 LOCAL_ADDR = "PET_LOCAL_ADDR"
 MAX_RESTARTS = "PET_MAX_RESTARTS"
-SP_SIZE = "LONGVILA_SP_SIZE"
 ULYSSES = "LONGVILA_ULYSSES"
 RING = "LONGVILA_RING"
 LAYOUT = "LONGVILA_LAYOUT"
@@ -59,13 +64,8 @@ RDZV_PORT = 29400  # torchrun's default c10d port
 DEFAULT_MASTER_PORT = 29500
 CONFIG_PATH = "/etc/longvila/config.yaml"
 ENTRYPOINT = ("torchrun", "--module", "longvila_trainer.train")
-STAGE_TYPES = ("alignment", "pretraining", "short-sft", "context-extension", "long-video-sft")
-LAYOUTS = ("zigzag", "contiguous")
 
 _HOST_PORT = re.compile(r"^([A-Za-z0-9.-]+):([0-9]{1,5})$")
-_S3 = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/\S*)?$")
-_INIT = re.compile(r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/\S*)?|file:///\S*)$")
-_HTTP = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/?$")
 
 
 class EnvContractError(ValueError):
@@ -88,7 +88,7 @@ class WorkerEnv:
     rdzv_id: str
     ulysses: int
     ring: int
-    layout: str
+    token_layout: str  # zigzag | contiguous (LONGVILA_LAYOUT)
     stage: str
     stage_type: str
     checkpoint_uri: str  # where this stage writes
@@ -105,12 +105,12 @@ class WorkerEnv:
             raise EnvContractError(problems)
 
     @property
-    def sp_size(self) -> int:
-        return self.ulysses * self.ring
-
-    @property
     def world_size(self) -> int:
         return self.nnodes * self.nproc_per_node
+
+    def layout(self) -> ParallelLayout:
+        """The run's dp × ring × ulysses layout (checked by `problems` on construction)."""
+        return ParallelLayout.on_nodes(self.nnodes, self.nproc_per_node, self.ulysses, self.ring)
 
     @property
     def rdzv_endpoint(self) -> str:
@@ -132,18 +132,14 @@ class WorkerEnv:
                 p.append(f"{name}={value}: must be a positive integer")
         if not 0 <= self.node_rank < max(self.nnodes, 1):
             p.append(f"{NODE_RANK}={self.node_rank}: must be in [0, {NNODES}={self.nnodes})")
-        if self.ulysses >= 1 and self.nproc_per_node % self.ulysses:
-            p.append(
-                f"{ULYSSES}={self.ulysses}: must divide {NPROC_PER_NODE}={self.nproc_per_node} "
-                "(every Ulysses group inside one node)"
-            )
-        if self.sp_size >= 1 and self.world_size % self.sp_size:
-            p.append(
-                f"{SP_SIZE}={self.sp_size}: must divide the world size {NNODES} × {NPROC_PER_NODE} = "
-                f"{self.world_size}"
-            )
-        if self.layout not in LAYOUTS:
-            p.append(f"{LAYOUT}={self.layout!r}: must be one of {', '.join(LAYOUTS)}")
+        if min(self.nnodes, self.nproc_per_node, self.ulysses, self.ring) >= 1:
+            try:
+                self.layout()
+            except LayoutError as err:
+                p.append(f"{ULYSSES}={self.ulysses}, {RING}={self.ring} on {NNODES}={self.nnodes} × "
+                         f"{NPROC_PER_NODE}={self.nproc_per_node}: {err}")  # fmt: skip
+        if self.token_layout not in TOKEN_LAYOUTS:
+            p.append(f"{LAYOUT}={self.token_layout!r}: must be one of {', '.join(TOKEN_LAYOUTS)}")
         if self.stage_type not in STAGE_TYPES:
             p.append(f"{STAGE_TYPE}={self.stage_type!r}: must be one of {', '.join(STAGE_TYPES)}")
         if not self.stage:
@@ -158,14 +154,20 @@ class WorkerEnv:
                 p.append(f"{name}: port {port} must be in 1-65535")
         if self.max_restarts < 0:
             p.append(f"{MAX_RESTARTS}={self.max_restarts}: must be ≥ 0")
-        if not _S3.match(self.checkpoint_uri):
-            p.append(f"{CHECKPOINT_URI}={self.checkpoint_uri!r}: must be s3://<bucket>/<prefix>")
-        if self.init_checkpoint and not _INIT.match(self.init_checkpoint):
-            p.append(f"{INIT_CHECKPOINT}={self.init_checkpoint!r}: must be empty, s3://… or file:///…")
+        uris: list[tuple[str, str, tuple[Scheme, ...]]] = [(CHECKPOINT_URI, self.checkpoint_uri, ("s3",))]
+        if self.init_checkpoint:
+            uris.append((INIT_CHECKPOINT, self.init_checkpoint, ("s3", "file")))
+        for name, text, schemes in uris:
+            try:
+                parse_uri(text, name, schemes)
+            except URIError as err:
+                p.append(str(err))
+        try:
+            check_endpoint(self.s3_endpoint, S3_ENDPOINT)
+        except URIError as err:
+            p.append(str(err))
         if not self.config_path.startswith("/"):
             p.append(f"{CONFIG}={self.config_path!r}: must be an absolute path")
-        if self.s3_endpoint and not _HTTP.match(self.s3_endpoint):
-            p.append(f"{S3_ENDPOINT}={self.s3_endpoint!r}: must be empty or http(s)://host[:port]")
         return p
 
 
@@ -183,10 +185,9 @@ def render(env: WorkerEnv) -> dict[str, str]:
         RDZV_CONF: f"is_host={int(env.is_rdzv_host)}",
         LOCAL_ADDR: env.local_addr,
         MAX_RESTARTS: str(env.max_restarts),
-        SP_SIZE: str(env.sp_size),
         ULYSSES: str(env.ulysses),
         RING: str(env.ring),
-        LAYOUT: env.layout,
+        LAYOUT: env.token_layout,
         STAGE: env.stage,
         STAGE_TYPE: env.stage_type,
         CHECKPOINT_URI: env.checkpoint_uri,
@@ -217,7 +218,7 @@ def parse(environ: Mapping[str, str]) -> WorkerEnv:
         return int(text) if text else 0
 
     nnodes, nproc, node_rank = integer(NNODES), integer(NPROC_PER_NODE), integer(NODE_RANK)
-    ulysses, ring, sp_size = integer(ULYSSES), integer(RING), integer(SP_SIZE)
+    ulysses, ring = integer(ULYSSES), integer(RING)
     master_port, max_restarts = integer(MASTER_PORT), integer(MAX_RESTARTS)
     master_addr = need(MASTER_ADDR)
     backend = need(RDZV_BACKEND)
@@ -226,7 +227,7 @@ def parse(environ: Mapping[str, str]) -> WorkerEnv:
     fields: dict[str, Any] = {
         "local_addr": need(LOCAL_ADDR),
         "rdzv_id": need(RDZV_ID),
-        "layout": need(LAYOUT),
+        "token_layout": need(LAYOUT),
         "stage": need(STAGE),
         "stage_type": need(STAGE_TYPE),
         "checkpoint_uri": need(CHECKPOINT_URI),
@@ -246,8 +247,6 @@ def parse(environ: Mapping[str, str]) -> WorkerEnv:
             problems.append(
                 f"{RDZV_ENDPOINT}={endpoint!r}: host must be {MASTER_ADDR}={master_addr!r} (node rank 0)"
             )
-    if sp_size and ulysses * ring != sp_size:
-        problems.append(f"{SP_SIZE}={sp_size}: must equal {ULYSSES} × {RING} = {ulysses * ring}")
     expected_conf = f"is_host={int(node_rank == 0)}"
     if conf and conf != expected_conf:
         problems.append(f"{RDZV_CONF}={conf!r}: must be {expected_conf!r} on node rank {node_rank}")

@@ -1,9 +1,10 @@
 """Training benchmark of the tiny model on CPU: tokens/s and peak memory per rank for SP = 1, 2, 4,
 and the time from a SIGKILLed worker to training resumed (torchrun restart + S3 load).
 
-python -m longvila_trainer.bench.train [--steps 5] [--sp 1 2 4] [--engine fsdp|deepspeed] [--no-kill] [--json]
+python -m longvila_localcluster.benches.train [--steps 5] [--sp 1 2 4] [--engine fsdp|deepspeed]
+    [--no-kill] [--json]
 
-Every run is the real entry point under torchrun with the env contract (env_contract.render),
+Every run is the real entry point under torchrun with the env contract (longvila_contract.env),
 checkpointing to a private versitygw (longvila_localcluster.s3.private_s3). tokens/s is the median
 over steps after the first (the first pays for the data cache and lazy init); memory is the
 peak RSS of the largest rank (ru_maxrss), or the CUDA peak on GPU.
@@ -26,12 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from longvila_contract import checkpoint as L
+from longvila_contract import env as E
+from longvila_contract.config import merge, preset_tree
+from longvila_trainer.checkpoint.s3 import open_storage
+from longvila_trainer.parallel.spawn import free_port
 
-from .. import env_contract as E
-from ..checkpoint import layout as L
-from ..checkpoint.s3 import open_storage
-from ..config import merge, preset_tree
-from ..parallel.spawn import free_port
+from ..s3 import private_s3
 
 PRESET = "tiny-long-video-sft"
 LAYOUTS = {1: (1, 1), 2: (2, 1), 4: (2, 2)}  # sp → (ulysses, ring)
@@ -47,7 +49,7 @@ def write_config(path: Path, steps: int, every: int, engine: str = "fsdp") -> Pa
 def worker_env(
     nproc: int, sp: int, uri: str, cfg: Path, s3: dict[str, str], cache: Path, restarts: int
 ) -> dict[str, str]:
-    """The operator's env contract for one loopback node (env_contract.render), plus credentials."""
+    """The operator's env contract for one loopback node (longvila_contract.env.render), plus credentials."""
     u, r = LAYOUTS[sp]
     w = E.WorkerEnv(
         nnodes=1,
@@ -58,7 +60,7 @@ def worker_env(
         rdzv_id=f"bench-{uuid.uuid4().hex[:8]}",
         ulysses=u,
         ring=r,
-        layout="zigzag",
+        token_layout="zigzag",
         stage="bench",
         stage_type="long-video-sft",
         checkpoint_uri=uri,
@@ -153,7 +155,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        from longvila_localcluster.s3 import private_s3  # dev tooling: the local S3 server
 
         with private_s3(work / "s3") as server:
             s3 = server.as_dict()

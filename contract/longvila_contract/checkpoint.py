@@ -1,8 +1,10 @@
-"""THE checkpoint layout contract: where each file of a checkpoint lives, and the manifest.
+"""THE checkpoint layout contract: where each file of a checkpoint lives, the manifest, and
+what makes a checkpoint complete.
 
-Pure (no I/O, no torch). The writer (store.py) and the reader (store.py, the operator, tools)
-go through these functions only; tests/unit/test_checkpoint_layout.py holds both sides.
-docs/checkpoints.md describes the same layout for people.
+Pure (no I/O, no torch): readers pass in a listing and a function that reads one key. The
+trainer's writer and reader (longvila_trainer.checkpoint.store) and tools such as the demo
+(`read_checkpoints`) go through these functions only; tests/unit/test_checkpoint_layout.py
+holds both sides. docs/checkpoints.md describes the same layout for people.
 
     <uri>/step-<NNNNNNNN>/dcp/.metadata           torch.distributed.checkpoint metadata (rank 0)
     <uri>/step-<NNNNNNNN>/dcp/__<rank>_0.distcp   each rank's shard of the global state
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +36,10 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 class ManifestError(ValueError):
     """A manifest that is not valid JSON of this format; the message says which field."""
+
+
+class IncompleteCheckpoint(ValueError):
+    """A step directory that must not be loaded: no manifest, or files that do not match it."""
 
 
 def step_dir(step: int) -> str:
@@ -178,3 +184,58 @@ def parse_final(text: str | bytes) -> int:
     if not isinstance(d, dict) or d.get("format") != FORMAT or not isinstance(d.get("step"), int):
         raise ManifestError(f"{FINAL} must be {{format: {FORMAT!r}, step: int}}")
     return int(d["step"])
+
+
+# ---- reading a stage's checkpoints: one idea of "complete" for every reader
+
+Read = Callable[[str], bytes]  # key relative to the stage's checkpoint root → its bytes
+
+
+def check_step(step: int, files: Mapping[str, int], read: Read) -> Manifest:
+    """The step's manifest, checked against the step directory's {path: size}; raises
+    IncompleteCheckpoint (or ManifestError for a manifest that is not this format)."""
+    if MANIFEST not in files:
+        raise IncompleteCheckpoint(f"{step_dir(step)}: no manifest (incomplete)")
+    m = Manifest.from_json(read(manifest_key(step)))
+    problems = m.problems(step, files)
+    if problems:
+        raise IncompleteCheckpoint(f"{step_dir(step)} is incomplete: " + "; ".join(problems))
+    return m
+
+
+@dataclass(frozen=True)
+class StepSummary:
+    step: int
+    files: int
+    bytes: int
+    manifest: Manifest | None  # None when incomplete
+    problem: str = ""  # why it is incomplete
+
+    @property
+    def complete(self) -> bool:
+        return self.manifest is not None
+
+
+@dataclass(frozen=True)
+class StageCheckpoints:
+    """Every step directory of one stage's checkpoint root, and its committed final step."""
+
+    steps: tuple[StepSummary, ...]  # by step
+    final: int | None
+
+    def complete_steps(self) -> list[int]:
+        return [s.step for s in self.steps if s.complete]
+
+
+def read_checkpoints(listing: Mapping[str, int], read: Read) -> StageCheckpoints:
+    """A stage's checkpoints from a listing of its root ({relative key: size}) and `read`."""
+    out = []
+    for step, files in sorted(group_by_step(listing.items()).items()):
+        try:
+            m: Manifest | None = check_step(step, files, read)
+            problem = ""
+        except (IncompleteCheckpoint, ManifestError) as err:
+            m, problem = None, str(err)
+        out.append(StepSummary(step, len(files), sum(files.values()), m, problem))
+    final = parse_final(read(FINAL)) if FINAL in listing else None
+    return StageCheckpoints(tuple(out), final)

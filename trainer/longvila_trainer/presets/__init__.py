@@ -1,1 +1,0 @@
-"""Trainer config presets as data files (*.yaml), read by longvila_trainer.config."""
