@@ -82,7 +82,8 @@ class LoraConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    max_steps: int | None = None  # optimizer steps; None = one pass over the data
+    max_steps: int | None = None  # optimizer steps; None = `epochs` passes over the data
+    epochs: int = 1  # passes over the data when max_steps is None (stage 5's reference: 6)
     micro_batch_tokens: int | None = None  # packing budget per micro-batch; None = context_length
     grad_accum: int = 1
     lr: float = 1e-4
@@ -201,7 +202,7 @@ def _problems(cfg: TrainerConfig) -> list[str]:
         p.append(f"train.trainable: {t.trainable!r} is not one of {', '.join(TRAINABLE)}")
     if cfg.stage.type and cfg.stage.type not in STAGE_TYPES:
         p.append(f"stage.type: {cfg.stage.type!r} is not one of {', '.join(STAGE_TYPES)}")
-    for name, value in (("train.lr", t.lr), ("train.grad_accum", t.grad_accum)):
+    for name, value in (("train.lr", t.lr), ("train.grad_accum", t.grad_accum), ("train.epochs", t.epochs)):
         if value <= 0:
             p.append(f"{name}: must be > 0, got {value}")
     for name, opt in (

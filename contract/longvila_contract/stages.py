@@ -35,6 +35,18 @@ class StageType:
     forbids: tuple[Requirement, ...] = ()  # spec fields that must be left out
     grows_context: bool = False  # consecutive stages of this type must grow contextLength and ropeTheta
     short_mix: bool = False  # may mix short data in (data.short_fraction: long-short joint SFT)
+    # Presets by context length, ascending: a stage takes the first whose length reaches its
+    # contextLength (the reference's per-length recipes: steps, accumulation, RoPE base).
+    by_context: tuple[tuple[int, str], ...] = ()
+
+    def preset_for(self, context_length: int | None) -> str:
+        """The preset a stage of this type and context length starts from."""
+        if context_length is None or not self.by_context:
+            return self.preset
+        for length, name in self.by_context:
+            if context_length <= length:
+                return name
+        return self.by_context[-1][1]
 
     def required_message(self) -> str:
         """The one message for the CEL rule and its Python side."""
@@ -76,6 +88,12 @@ STAGE_TABLE: tuple[StageType, ...] = (
         ),
         forbids=(Requirement("frames", "is text-only"),),
         grows_context=True,
+        by_context=(
+            (65536, "context-extension"),
+            (262144, "context-extension-256k"),
+            (524288, "context-extension-512k"),
+            (1048576, "context-extension-1m"),
+        ),
     ),
     StageType(
         "long-video-sft",

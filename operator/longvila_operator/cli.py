@@ -20,6 +20,7 @@ import yaml
 from . import crd, reference
 from .api import KIND
 from .api.manifest import InvalidJob, read_yaml
+from .check import check, load_config_file
 from .nodes import parse_nodes
 from .placement import Placement, Request, Unplaceable, plan, shrink
 from .validation import load_job
@@ -103,6 +104,19 @@ def cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    manifest = first_job(args.file)
+    llm, vision = load_config_file(args.llm_config), load_config_file(args.vision_config)
+    summary, problems = check(manifest, llm, vision)
+    if summary:
+        out.write(summary + "\n")
+    if problems:
+        err.write("".join(f"{p}\n" for p in problems))
+        return 2
+    out.write(f"ok: {args.file} would be admitted, and its stages pass the trainer's preflight\n")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="longvila", description="LongVILAJob tools")
     sub = p.add_subparsers(dest="command", required=True)
@@ -118,6 +132,14 @@ def parser() -> argparse.ArgumentParser:
     )
     pl.add_argument(
         "--shrink", action="store_true", help="place fewer nodes (same SP layout) if all do not fit"
+    )
+    ck = sub.add_parser(
+        "check", help="every admission rule plus the trainer's preflight, without a cluster (exit 0 or 2)"
+    )
+    ck.add_argument("-f", "--file", required=True, help="the LongVILAJob manifest")
+    ck.add_argument("--llm-config", help="the LLM's config.json (default: read from spec.model.llm)")
+    ck.add_argument(
+        "--vision-config", help="the vision tower's config.json (default: read from spec.model.visionTower)"
     )
     cr = sub.add_parser("crd", help="print the CustomResourceDefinition (or, with --docs, its reference)")
     cr.add_argument("--docs", action="store_true", help="print docs/operator-api.md instead")
@@ -135,6 +157,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
             out.write(reference.render() if args.docs else crd.render())
         return 0
     try:
+        if args.command == "check":
+            return cmd_check(args, out, err)
         return cmd_plan(args, out)
     except InvalidJob as e:
         err.write(f"invalid input:\n{e}\n")

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from longvila_contract import env as contract
-from longvila_contract.config import ConfigError, from_dict, merge, preset_tree
+from longvila_contract.config import ConfigError, from_dict
 from longvila_contract.stages import stage_type as stage_table_entry
 from longvila_contract.uri import SCHEMES, Scheme, URIError, parse_uri
 
@@ -67,7 +67,7 @@ def semantic_errors(spec: JobSpec) -> list[str]:
             except ValueError as err:
                 errs.append(f"{at}: Invalid value: {err}")
             else:
-                errs += trainer_config_errors(at, stage.type, rendered)
+                errs += trainer_config_errors(at, rendered)
     errs += uri_errors(spec)
     errs += extension_errors(spec)
     if spec.resources.memory and quantity(spec.resources.shared_memory) > quantity(spec.resources.memory):
@@ -162,15 +162,15 @@ def load_job(manifest: Mapping[str, Any]) -> Job:
     )
 
 
-def trainer_config_errors(at: str, stage_type: str, rendered: dict[str, Any]) -> list[str]:
-    """The stage's rendered config, over its stage preset, must load in the trainer.
+def trainer_config_errors(at: str, rendered: dict[str, Any]) -> list[str]:
+    """The stage's rendered config (complete: preset ⊕ spec ⊕ overrides) must load in the trainer.
 
     The config schema is the contract's (longvila_contract.config, what the trainer loads);
     checking here turns a typo in an override (say optim.lr for train.lr) into a rejected job, not
     a crash-looping pod.
     """
     try:
-        from_dict(merge(preset_tree(stage_table_entry(stage_type).preset), rendered))
+        from_dict(rendered)
     except ConfigError as err:
         return [f"{at}: Invalid value: the trainer rejects the stage config: {err}"]
     return []

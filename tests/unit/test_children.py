@@ -9,6 +9,7 @@ import pytest
 import yaml
 from builders import fleet, job_manifest, node_list, topology
 from longvila_contract import env as contract
+from longvila_contract.config import from_dict, merge, preset_tree
 from longvila_operator import children, naming
 from longvila_operator.api.manifest import Job
 from longvila_operator.nodes import parse_nodes
@@ -191,19 +192,26 @@ def test_config_map_holds_the_stage_config_and_is_mounted_where_the_env_says() -
     stage = job.spec.stages[1]
     cm = children.config_map(job, stage)
     config = yaml.safe_load(cm["data"]["config.yaml"])
-    assert config == {
-        "model": {"llm": "s3://models/qwen2-7b", "vision_tower": "s3://models/siglip"},
-        "data": {"uri": "s3://data/long-video"},
-        "train": {"frames": 256, "lr": 2e-5},
-        "checkpoint": {"every_steps": 200, "keep": 3},
-    }
+    # Complete: the stage preset (long-video-sft) under the spec's values and overrides.
+    preset = preset_tree("long-video-sft")
+    assert config == merge(
+        preset,
+        {
+            "model": {"llm": "s3://models/qwen2-7b", "vision_tower": "s3://models/siglip"},
+            "data": {"uri": "s3://data/long-video"},
+            "train": {"frames": 256, "lr": 2e-5, "rope_theta": 15.3e6},  # rope: the stage before's
+            "checkpoint": {"every_steps": 200, "keep": 3},
+        },
+    )
+    assert from_dict(config).stage.type == "long-video-sft"
     pod = children.pod(job, stage, placement, 0, attempt=0)
     volume = next(v for v in pod["spec"]["volumes"] if v["name"] == "config")
     assert volume["configMap"]["name"] == cm["metadata"]["name"]
     mount = next(m for m in pod["spec"]["containers"][0]["volumeMounts"] if m["name"] == "config")
     assert f"{mount['mountPath']}/config.yaml" == plain(pod)[contract.CONFIG]
     ext = yaml.safe_load(children.config_map(job, job.spec.stages[0])["data"]["config.yaml"])
-    assert ext["train"] == {"context_length": 65536, "rope_theta": 15.3e6}
+    assert ext == merge(preset_tree("context-extension"), ext)  # the 64k recipe
+    assert (ext["train"]["context_length"], ext["train"]["rope_theta"]) == (65536, 15.3e6)
 
 
 def test_builders_are_pure_and_json_ready() -> None:

@@ -144,7 +144,10 @@ def test_minimal_config_and_defaults() -> None:
     ("tree", "message"),
     [
         ({"trian": {}}, "trian: unknown field; allowed: model, data, train, checkpoint, stage"),
-        ({"train": {"lr_max": 1.0}}, "train.lr_max: unknown field; allowed: max_steps, micro_batch_tokens,"),
+        (
+            {"train": {"lr_max": 1.0}},
+            "train.lr_max: unknown field; allowed: max_steps, epochs, micro_batch_tokens,",
+        ),
         ({"train": {"lora": {"r": 8}}}, "train.lora.r: unknown field; allowed: enabled, rank, alpha,"),
         ({"train": {"lr": "fast"}}, "train.lr: expected float, got str 'fast'"),
         ({"train": {"max_steps": 2.5}}, "train.max_steps: expected int or null, got float 2.5"),

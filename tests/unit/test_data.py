@@ -8,8 +8,9 @@ import av
 import numpy as np
 import pytest
 import torch
+from longvila_contract.model import tokens_per_frame
 from longvila_trainer.data import synthetic
-from longvila_trainer.data.packing import build_packed_batch, expanded_length, pack_greedy, tokens_per_frame
+from longvila_trainer.data.packing import build_packed_batch, expanded_length, pack_greedy
 from longvila_trainer.data.samples import (
     LongShortMix,
     MediaRef,

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 from longvila_contract.config import load_preset
+from longvila_contract.model import tokens_per_frame
 from longvila_trainer.data.loader import PackedLoader, build_loader, open_stage_data
-from longvila_trainer.data.packing import tokens_per_frame
 from longvila_trainer.data.samples import MediaRef, Sample
 from longvila_trainer.data.tokenizer import load_tokenizer
 

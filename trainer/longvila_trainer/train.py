@@ -29,7 +29,8 @@ import torch.distributed as dist
 from longvila_contract import env as E
 from longvila_contract.config import ConfigError, TrainerConfig, load_config, with_stage
 from longvila_contract.layout import LayoutError, ParallelLayout, kv_replication
-from longvila_contract.stages import stage_type
+from longvila_contract.model import ModelConfigError, ModelFacts, tokens_per_frame
+from longvila_contract.preflight import Fields, StageInput, preflight
 from longvila_contract.uri import URIError
 from torch.distributed import PrefixStore, TCPStore  # type: ignore[attr-defined]
 
@@ -37,19 +38,26 @@ from . import loop
 from .checkpoint.s3 import StorageError
 from .checkpoint.store import CheckpointNotFoundError, CheckpointStore
 from .data.loader import PackedLoader, build_loader, open_stage_data
-from .data.packing import tokens_per_frame
 from .data.tokenizer import load_tokenizer
 from .engines import Engine, make_engine
 from .fetch import local_copy
 from .model.lora import MERGED, apply_lora, merge_lora_state, plain_names
 from .model.presets import PRESETS
-from .model.weights import WeightsError, build_model, check_weights
+from .model.weights import WeightsError, build_model, model_config
 from .parallel.groups import build_groups
 from .parallel.token_layout import Kind
 from .parallelize import ParallelizeOptions, parallelize
 
+
+class PreflightError(ValueError):
+    """The stage cannot train on this layout and model; one problem per line, naming the field."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        super().__init__("; ".join(problems))
+
+
 BAD_INPUT = (ConfigError, E.EnvContractError, LayoutError, WeightsError, URIError, StorageError,
-             CheckpointNotFoundError, FileNotFoundError)  # fmt: skip
+             CheckpointNotFoundError, FileNotFoundError, PreflightError)  # fmt: skip
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -81,8 +89,9 @@ def plan(args: argparse.Namespace, environ: Mapping[str, str]) -> Plan:
     """The env contract when present (torchrun in a pod), else a direct one-process run."""
     env = E.parse(environ) if E.STAGE_TYPE in environ else None
     path = args.config or (env.config_path if env else None)
-    preset = args.preset or (stage_type(env.stage_type).preset if env else None)
-    cfg = load_config(path, args.set, preset=preset)
+    # Under the operator the config file is complete (its preset already merged in), so no
+    # preset goes underneath unless --preset asks for one.
+    cfg = load_config(path, args.set, preset=args.preset)
     if env is None:
         out = Plan(cfg, ParallelLayout(1), "zigzag", cfg.checkpoint.uri, cfg.model.init)
     else:
@@ -95,13 +104,33 @@ def plan(args: argparse.Namespace, environ: Mapping[str, str]) -> Plan:
             raise E.EnvContractError([f"WORLD_SIZE={world}: the contract says {layout.world}"])
     if not out.uri:
         raise ConfigError("checkpoint.uri: required when run directly (torchrun: LONGVILA_CHECKPOINT_URI)")
-    if cfg.model.preset in PRESETS:
-        llm = PRESETS[cfg.model.preset].llm
-        kv_replication(llm["num_attention_heads"], llm["num_key_value_heads"], out.layout.ulysses)
-    elif not cfg.model.preset:
-        check_weights("model.llm", cfg.model.llm)
-        check_weights("model.vision_tower", cfg.model.vision_tower)
+    check_stage(out, env is not None)
     return out
+
+
+def check_stage(job: Plan, under_contract: bool) -> None:
+    """The preflight `longvila check` runs on the whole job, here for this stage, before any
+    weights are loaded: the layout against the model's heads, frames and RoPE against the
+    context. Reads only the config.json files of the model (or the tiny preset's shapes)."""
+    cfg = job.cfg
+    if cfg.model.preset:
+        if cfg.model.preset not in PRESETS:
+            raise ConfigError(f"model.preset: {cfg.model.preset!r} is not one of {', '.join(PRESETS)}")
+        llm, vision = PRESETS[cfg.model.preset].llm, PRESETS[cfg.model.preset].vision
+    else:
+        llm, vision = (
+            model_config("model.llm", cfg.model.llm),
+            model_config("model.vision_tower", cfg.model.vision_tower),
+        )
+    try:
+        facts = ModelFacts.from_configs(llm, vision)
+    except ModelConfigError as err:
+        raise WeightsError(str(err)) from None
+    fields = Fields(context="train.context_length", rope="train.rope_theta", frames="train.frames")
+    stage = StageInput(cfg.stage.name or "run", cfg.stage.type or "-", cfg.train, fields)
+    result = preflight(job.layout, facts, [stage], E.ULYSSES if under_contract else "ulysses")
+    if result.problems:
+        raise PreflightError(result.problems)
 
 
 def training_state(engine: Engine, loader: PackedLoader, step: int, packs: int, total: int) -> dict[str, Any]:
@@ -228,7 +257,7 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         cfg, samples, tokens_per_frame=tpf, image_size=size, dp_rank=groups.dp_rank, dp_size=layout.dp
     )
 
-    total = t.max_steps or loader.rounds_in_epoch() // t.grad_accum  # one pass over the data
+    total = t.max_steps or t.epochs * loader.rounds_in_epoch() // t.grad_accum  # passes over the data
     first = {"step": 0, "packs_per_step": t.grad_accum * layout.dp, "max_steps": total}
     progress, ended = start_state(job, engine, loader, store, resume, first, cache, rank)
     step, packs = int(progress["step"]), int(progress["packs_per_step"])

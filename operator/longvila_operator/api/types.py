@@ -324,10 +324,24 @@ class Stage:
     type: str = prop("What this stage trains (the LongVILA pipeline).", enum=STAGE_TYPES, max_length=32)
     data: str = prop("Training data.", max_length=1024, rules=(DATA_RULE,))
     max_steps: int | None = prop(
-        "Optimizer steps; left out = one pass over the data.", default=None, minimum=1
+        "Optimizer steps; left out = the stage preset's train.epochs passes over the data (long-video "
+        "SFT: 6, as the reference).",
+        default=None,
+        minimum=1,
     )
-    context_length: int | None = prop("Tokens per sequence.", default=None, minimum=512, maximum=4194304)
-    rope_theta: float | None = prop("RoPE base for this context length.", default=None, minimum=1)
+    context_length: int | None = prop(
+        "Tokens per sequence. For context extension it also picks the reference recipe (steps, "
+        "accumulation) of the 64k, 256k, 512k or 1M step.",
+        default=None,
+        minimum=512,
+        maximum=4194304,
+    )
+    rope_theta: float | None = prop(
+        "RoPE base for this context length; left out = the previous stage's (weights keep the base "
+        "they were trained with), else the stage preset's or the model's.",
+        default=None,
+        minimum=1,
+    )
     frames: int | None = prop("Video frames per sample.", default=None, minimum=1, maximum=8192)
     overrides: dict[str, Any] = prop(
         "Trainer config overrides as dotted keys, e.g. {train.lr: 2.0e-5}; keys the spec sets (model.llm, "

@@ -27,12 +27,6 @@ def expanded_length(sample: Sample, tokens_per_frame: int) -> int:
     return len(sample.input_ids) + sample.n_frames * (tokens_per_frame - 1)
 
 
-def tokens_per_frame(image_size: int, patch_size: int) -> int:
-    """Visual tokens per frame after the 2×2 projector (odd grids are padded to even)."""
-    side = (image_size // patch_size + 1) // 2
-    return side * side
-
-
 def next_pack(length_of: Callable[[int], int], start: int, stop: int, budget: int) -> int:
     """End (exclusive) of the pack that begins at position `start`; positions < `stop` exist."""
     total, end = 0, start

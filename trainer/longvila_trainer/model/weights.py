@@ -13,6 +13,7 @@ eval's `--weights`).
 from __future__ import annotations
 
 import dataclasses
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -38,24 +39,32 @@ class WeightsError(ValueError):
     """Weights that are missing or cannot be used; the message names the config field."""
 
 
-def check_weights(field: str, uri: str) -> None:
-    """Before any process group: the directory or S3 prefix holds config.json (an S3 prefix
-    is listed, not copied: the copy is made once the ranks of a node share a cache)."""
+def model_config(field: str, uri: str) -> dict[str, Any]:
+    """Before any process group: the config.json of an HF directory or S3 prefix (only that
+    file is read; the weights are copied later, once the ranks of a node share a cache)."""
     try:
         u = parse_uri("file://" + uri if uri.startswith("/") else uri, field)
     except URIError as err:
         raise WeightsError(str(err)) from None
     if not u.is_s3:
-        weights_dir(field, uri)
+        text = (weights_dir(field, uri) / "config.json").read_text()
     elif "config.json" not in open_storage(u).listing("config.json"):
-        raise WeightsError(
-            f"{field}={uri!r}: no config.json under that S3 prefix (an HF directory is expected)"
-        )
+        expected = "an HF directory is expected"
+        raise WeightsError(f"{field}={uri!r}: no config.json under that S3 prefix ({expected})")
+    else:
+        text = open_storage(u).get_bytes("config.json").decode()
+    try:
+        tree = json.loads(text)
+    except ValueError as err:
+        raise WeightsError(f"{field}={uri!r}: config.json is not JSON ({err})") from None
+    if not isinstance(tree, dict):
+        raise WeightsError(f"{field}={uri!r}: config.json is not a JSON object")
+    return tree
 
 
 def weights_dir(field: str, uri: str, cache: Path | None = None) -> Path:
     """The local HF directory of `uri`; an s3:// prefix is first copied under `cache` (its
-    config.json was checked by `check_weights` before any process group; the copy is checked
+    config.json was read by `model_config` before any process group; the copy is checked
     here like any local directory, without listing the prefix again)."""
     try:
         path = local_path(uri, None if cache is None else (lambda u: local_copy(u, cache)), field)
