@@ -11,7 +11,7 @@ DOMAINS ?= 2
 help:
 	@echo "make demo          kubectl apply a LongVILAJob on a local cluster and train it (tiny model, CPU)"
 	@echo "make test          lint, type check and the full test suite (what CI runs)"
-	@echo "make cluster-up    start the local cluster (NODES=$(NODES) GPUS=$(GPUS) DOMAINS=$(DOMAINS))"
+	@echo "make cluster-up    start the local cluster (NODES=$(NODES) GPUS=$(GPUS) DOMAINS=$(DOMAINS); KUEUE=1 adds Kueue)"
 	@echo "make cluster-down  stop every process the local cluster started"
 	@echo "make fail-node NODE=name   make a fake node NotReady (its heartbeats stop)"
 
@@ -42,7 +42,8 @@ binaries: venv
 	$(PY) -m longvila_localcluster.cli build
 
 cluster-up: venv
-	$(PY) -m longvila_localcluster.cli up --nodes $(NODES) --gpus-per-node $(GPUS) --domains $(DOMAINS)
+	$(PY) -m longvila_localcluster.cli up --nodes $(NODES) --gpus-per-node $(GPUS) --domains $(DOMAINS) \
+	  $(if $(filter 1 yes true,$(KUEUE)),--kueue)
 
 cluster-down: venv
 	$(PY) -m longvila_localcluster.cli down

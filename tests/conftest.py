@@ -36,6 +36,30 @@ def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 
 
 @pytest.fixture(scope="session")
+def kueue(local_cluster: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """The real Kueue controller on the session's cluster (pod integration); yields the cluster.
+
+    It manages pods only in namespaces labelled longvila.io/kueue=enabled
+    (longvila_localcluster.kueue.enable_namespace), so other tests' pods never meet it.
+    """
+    from longvila_localcluster.build import ensure_all
+    from longvila_localcluster.kueue import start_kueue
+    from longvila_localcluster.processes import Supervisor
+    from longvila_localcluster.versions import load_versions
+
+    t0 = time.monotonic()
+    run_dir = tmp_path_factory.mktemp("kueue")
+    sup = Supervisor(run_dir, die_with_parent=True)
+    kubeconfig = local_cluster.kubeconfig  # type: ignore[attr-defined]
+    try:
+        start_kueue(sup, kubeconfig, ensure_all(load_versions()), run_dir, lambda m: print(f"[kueue] {m}"))
+        print(f"[kueue] ready {time.monotonic() - t0:.1f}s after the fixture started")
+        yield local_cluster
+    finally:
+        sup.stop_recorded()
+
+
+@pytest.fixture(scope="session")
 def cluster_env(local_cluster: object) -> dict[str, str]:
     env = dict(os.environ)
     env.update(local_cluster.env())  # type: ignore[attr-defined]

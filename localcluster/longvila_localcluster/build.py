@@ -25,18 +25,19 @@ from .versions import Versions, cache_root
 
 @dataclass(frozen=True)
 class Component:
-    """One cached build: a name, a version and the binaries it provides."""
+    """One cached build: a name, a version, the binaries it provides and other files it keeps."""
 
     name: str
     version: str
     binaries: tuple[str, ...]
+    files: tuple[str, ...] = ()  # besides binaries, e.g. manifests copied from the module
 
     def bin_dir(self, root: Path) -> Path:
         return root / "bin" / f"{self.name}-{self.version}"
 
     def is_built(self, root: Path) -> bool:
         d = self.bin_dir(root)
-        return all((d / b).is_file() for b in self.binaries)
+        return all((d / b).is_file() for b in (*self.binaries, *self.files))
 
 
 def components(v: Versions) -> list[Component]:
@@ -51,6 +52,7 @@ def components(v: Versions) -> list[Component]:
         Component("helm", v.helm, ("helm",)),
         Component("versitygw", v.versitygw, ("versitygw",)),
         Component("kubeconform", v.kubeconform, ("kubeconform",)),
+        Component("kueue", v.kueue, ("kueue",), (KUEUE_CRDS, KUEUE_WEBHOOKS)),
     ]
 
 
@@ -180,11 +182,30 @@ def _build_etcd(c: Component, work: Path, out: Path, env: dict[str, str], log: P
     )
 
 
+# Kueue's manifests at the pinned version, copied from the module next to its binary: the CRD
+# bases and the webhook list the API server needs (config/components, as its kustomize reads).
+KUEUE_CRDS = "config/crds.yaml"
+KUEUE_WEBHOOKS = "config/webhooks.yaml"
+
+
+def _build_kueue(c: Component, work: Path, out: Path, env: dict[str, str], log: Path) -> None:
+    _build_go_install(c, work, out, env, log)
+    info = _go_json(["mod", "download", "-json", f"sigs.k8s.io/kueue@v{c.version}"], work, env)
+    config = Path(info["Dir"]) / "config" / "components"
+    bases = sorted((config / "crd" / "bases").glob("*.yaml"))
+    if not bases:
+        raise RuntimeError(f"no CRDs under {config / 'crd' / 'bases'} in sigs.k8s.io/kueue@v{c.version}")
+    (out / "config").mkdir()
+    (out / KUEUE_CRDS).write_text("".join(f"---\n{p.read_text()}" for p in bases))
+    shutil.copyfile(config / "webhook" / "manifests.yaml", out / KUEUE_WEBHOOKS)
+
+
 _GO_INSTALL = {
     "kwok": ("sigs.k8s.io/kwok/cmd/kwok", ""),
     "helm": ("helm.sh/helm/v3/cmd/helm", "-X helm.sh/helm/v3/internal/version.version=v{v}"),
     "versitygw": ("github.com/versity/versitygw/cmd/versitygw", ""),
     "kubeconform": ("github.com/yannh/kubeconform/cmd/kubeconform", ""),
+    "kueue": ("sigs.k8s.io/kueue/cmd/kueue", "-X sigs.k8s.io/kueue/pkg/version.GitVersion=v{v}"),
 }
 
 
@@ -223,9 +244,11 @@ def build(c: Component, root: Path) -> Path:
             _build_kubernetes(c, work, tmp, env, log)
         elif c.name == "etcd":
             _build_etcd(c, work, tmp, env, log)
+        elif c.name == "kueue":
+            _build_kueue(c, work, tmp, env, log)
         else:
             _build_go_install(c, work, tmp, env, log)
-        missing = [b for b in c.binaries if not (tmp / b).is_file()]
+        missing = [b for b in (*c.binaries, *c.files) if not (tmp / b).is_file()]
         if missing:
             raise RuntimeError(f"{c.name} build produced no {', '.join(missing)}")
         shutil.rmtree(final, ignore_errors=True)

@@ -36,7 +36,7 @@ def cmd_up(a: argparse.Namespace) -> int:
     t0 = time.monotonic()
     binaries = ensure_all(load_versions())
     print(f"binaries ready in {time.monotonic() - t0:.1f}s")
-    info = LocalCluster(a.dir, binaries).up(spec)
+    info = LocalCluster(a.dir, binaries).up(spec, kueue=a.kueue)
     print()
     print(Path(info.kubeconfig).read_text())
     print(f"kubeconfig: {info.kubeconfig}")
@@ -46,6 +46,13 @@ def cmd_up(a: argparse.Namespace) -> int:
         f"and Secret default/longvila-s3)"
     )
     print(f"use it:     source {Path(info.run_dir) / 'env'} && kubectl get nodes -L {info.domain_label}")
+    if a.kueue:
+        from .kueue_manifests import NAMESPACE_LABEL, NAMESPACE_LABEL_VALUE
+
+        print(
+            f"Kueue:      manages pods in namespaces labelled {NAMESPACE_LABEL}={NAMESPACE_LABEL_VALUE}; "
+            f"log {Path(info.run_dir) / 'logs' / 'kueue.log'}"
+        )
     return 0
 
 
@@ -135,6 +142,7 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--gpus-per-node", type=int, default=8)
     up.add_argument("--domains", type=int, default=2, help="InfiniBand domains the nodes are spread over")
     up.add_argument("--domain-label", default=DEFAULT_DOMAIN_LABEL)
+    up.add_argument("--kueue", action="store_true", help="also start the Kueue controller (pod integration)")
     up.set_defaults(fn=cmd_up)
     sub.add_parser("down", help="stop every process the cluster started").set_defaults(fn=cmd_down)
     sub.add_parser("status", help="list nodes").set_defaults(fn=cmd_status)

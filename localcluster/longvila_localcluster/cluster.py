@@ -165,7 +165,7 @@ class LocalCluster:
         self.sup = Supervisor(self.run_dir, die_with_parent=die_with_parent)
 
     # ---- lifecycle ----
-    def up(self, spec: NodeSpec, progress: Callable[[str], None] = print) -> ClusterInfo:
+    def up(self, spec: NodeSpec, progress: Callable[[str], None] = print, kueue: bool = False) -> ClusterInfo:
         if any(self.sup.recorded()):
             raise RuntimeError(f"a cluster is already recorded in {self.run_dir}; run `down` first")
         start = time.monotonic()
@@ -173,7 +173,7 @@ class LocalCluster:
             shutil.rmtree(self.run_dir / sub, ignore_errors=True)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         try:
-            return self._up(spec, progress, start)
+            return self._up(spec, progress, start, kueue)
         except BaseException:
             progress(
                 f"cluster start failed; stopping what was started (logs kept in {self.run_dir / 'logs'})"
@@ -181,7 +181,7 @@ class LocalCluster:
             self.down(remove_data=False)
             raise
 
-    def _up(self, spec: NodeSpec, progress: Callable[[str], None], start: float) -> ClusterInfo:
+    def _up(self, spec: NodeSpec, progress: Callable[[str], None], start: float, kueue: bool) -> ClusterInfo:
         d = self.run_dir
         pki = d / "pki"
         make_certs(pki)
@@ -322,6 +322,10 @@ class LocalCluster:
                 "stringData": {"AWS_ACCESS_KEY_ID": access, "AWS_SECRET_ACCESS_KEY": secret},
             },
         )
+        if kueue:
+            from .kueue import start_kueue
+
+            start_kueue(self.sup, info.kubeconfig, self.bin, d, progress)
         (d / "cluster.json").write_text(json.dumps(asdict(info), indent=1))
         (d / "cluster.json").chmod(0o600)
         env = info.env()

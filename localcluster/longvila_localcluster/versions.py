@@ -18,6 +18,7 @@ class Versions:
     helm: str
     versitygw: str
     kubeconform: str
+    kueue: str
 
 
 def load_versions(path: Path = VERSIONS_FILE) -> Versions:
