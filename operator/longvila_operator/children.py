@@ -5,6 +5,9 @@ stage's trainer config; per job: one headless Service for rendezvous DNS. Names 
 deterministic (naming.py), so re-running a reconcile applies the same objects again and
 creates nothing twice. Every object is owned by the job (controller=true) and goes with it.
 
+Queueing: every pod of an attempt is one Kueue pod group (queueing.py); with a queue name
+Kueue holds the group until it admits it whole.
+
 Pinning: required node affinity on the node's `metadata.name` (matchFields), not
 spec.nodeName. nodeName bypasses the scheduler: no resource-fit check (a wrong count
 surfaces as a kubelet OutOf… failure), NoSchedule taints ignored, no preemption, no gang
@@ -22,7 +25,7 @@ import yaml
 from longvila_contract import env as contract
 from longvila_contract import labels as K
 
-from . import naming
+from . import naming, queueing
 from .api import API_VERSION, KIND
 from .api.manifest import Job
 from .api.types import Stage
@@ -175,8 +178,13 @@ def pod(
     node = placement.nodes[node_rank]
     name = naming.pod_name(job.name, stage.name, attempt, node_rank, len(placement.nodes))
     env = worker_env(job, stage, placement, node_rank, attempt=attempt, init_checkpoint=init_checkpoint)
-    meta = metadata(job, name, labels(job, stage.name, node_rank, attempt))
-    meta["annotations"] = {K.ANNOTATION_NODE: node.name, K.ANNOTATION_DOMAIN: node.domain}
+    group_labels, group_annotations = queueing.group_metadata(job, stage.name, attempt, len(placement.nodes))
+    meta = metadata(job, name, {**labels(job, stage.name, node_rank, attempt), **group_labels})
+    meta["annotations"] = {
+        K.ANNOTATION_NODE: node.name,
+        K.ANNOTATION_DOMAIN: node.domain,
+        **group_annotations,
+    }
     security: dict[str, Any] = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
     if job.spec.topology.rdma_resource:
         security["capabilities"]["add"] = ["IPC_LOCK"]  # ibverbs pins (mlocks) its buffers

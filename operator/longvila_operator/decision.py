@@ -14,6 +14,7 @@ from typing import Any
 from .api.manifest import InvalidJob, Job
 from .nodes import NodeInfo
 from .validation import load_job
+from .workload import WorkloadView
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,8 @@ class PodView:
     reason: str = ""  # status.reason (Evicted…) or the container's terminated reason
     unscheduled: str = ""  # PodScheduled=False message from the scheduler
     created: str = ""
+    gated: bool = False  # Kueue still holds it (scheduling gate kueue.x-k8s.io/admission)
+    queue: str = ""  # its kueue.x-k8s.io/queue-name label
 
     @property
     def terminal(self) -> bool:
@@ -80,6 +83,7 @@ class Observed:
     now: datetime
     gpus_in_use: Mapping[str, int] = field(default_factory=dict)  # by other workloads
     parsed: Job | InvalidJob | None = None  # load_job(body), when the caller already has it
+    workloads: Mapping[str, WorkloadView] = field(default_factory=dict)  # Kueue's, by name, in the namespace
 
     def job(self) -> Job:
         """The typed job; raises InvalidJob. The spec is fixed per generation, so callers cache it."""

@@ -22,7 +22,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
-from longvila_contract.labels import LABEL_ATTEMPT, LABEL_JOB, LABEL_NODE_RANK, LABEL_STAGE
+from longvila_contract.labels import (
+    KUEUE_GATE,
+    KUEUE_QUEUE,
+    LABEL_ATTEMPT,
+    LABEL_JOB,
+    LABEL_NODE_RANK,
+    LABEL_STAGE,
+)
 
 from .api import GROUP, PLURAL, VERSION
 from .api.manifest import InvalidJob, Job
@@ -32,8 +39,10 @@ from .metrics import Metrics
 from .nodes import GPU, parse_node
 from .reconcile import reconcile
 from .validation import load_job
+from .workload import workload_view
 
 PREFIX = "longvila.io"
+KUEUE_GROUP = "kueue.x-k8s.io"
 Key = tuple[str, str]  # (namespace, job name)
 log = logging.getLogger("longvila.operator")
 
@@ -55,6 +64,7 @@ class State:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(8, "longvila-api"))
     task: asyncio.Task[None] | None = None
+    kueue: str | None = None  # the served kueue.x-k8s.io version whose Workloads are watched; None = off
 
     def kick(self, key: Key) -> None:
         self.dirty.add(key)
@@ -76,6 +86,7 @@ def pod_view(body: Mapping[str, Any]) -> PodView:
     for c in status.get("conditions") or []:
         if c.get("type") == "PodScheduled" and c.get("status") == "False":
             unscheduled = f"{c.get('reason', '')}: {c.get('message', '')}"
+    gates = {g.get("name") for g in spec.get("schedulingGates") or []}
     return PodView(
         name=meta["name"],
         stage=labels.get(LABEL_STAGE, ""),
@@ -88,6 +99,8 @@ def pod_view(body: Mapping[str, Any]) -> PodView:
         reason=status.get("reason") or term.get("reason") or "",
         unscheduled=unscheduled,
         created=meta.get("creationTimestamp") or "",
+        gated=KUEUE_GATE in gates,
+        queue=labels.get(KUEUE_QUEUE, ""),
     )
 
 
@@ -138,8 +151,10 @@ async def reconcile_one(state: State, key: Key, indices: Mapping[str, Any]) -> N
     in_use: dict[str, int] = {}
     for node, store in indices["gpu_pods"].items():
         in_use[node] = sum(g for ns, job, g in store if (ns, job) != key)
+    workloads = {w.name: w for w in indices.get("workloads", {}).get(key[0], [])}
     t0 = time.perf_counter()
-    decision = reconcile(Observed(body, pods, nodes, datetime.now(UTC), in_use, parse(state, key, body)))
+    obs = Observed(body, pods, nodes, datetime.now(UTC), in_use, parse(state, key, body), workloads)
+    decision = reconcile(obs)
     recent = state.recent.setdefault(key, Recent())
     written = await asyncio.to_thread(carry_out, state.kube, body, decision, recent, state.run)
     took = time.perf_counter() - t0
@@ -229,7 +244,8 @@ def build(state: State) -> kopf.OperatorRegistry:
         settings.posting.level = logging.WARNING  # kopf's own warnings as Events; ours go via apply
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
-        indices = {k: kwargs[k] for k in ("job_bodies", "job_pods", "node_infos", "gpu_pods")}
+        names = ("job_bodies", "job_pods", "node_infos", "gpu_pods", "workloads")
+        indices = {k: kwargs[k] for k in names if k in kwargs}
         state.task = asyncio.create_task(loop(state, indices))
 
     @kopf.on.cleanup(registry=registry)
@@ -273,4 +289,21 @@ def build(state: State) -> kopf.OperatorRegistry:
         for key in kw["job_bodies"]:
             state.kick(key)
 
+    if state.kueue is not None:  # only when Kueue is served: an index on a missing API never fills
+        watch_workloads(registry, state, state.kueue)
     return registry
+
+
+def watch_workloads(registry: kopf.OperatorRegistry, state: State, version: str) -> None:
+    """Kueue's Workloads by namespace; a change re-reconciles that namespace's jobs (a Workload
+    is named after its pod group, queueing.py, and owned by the pods, not by the job)."""
+
+    @kopf.index(KUEUE_GROUP, version, "workloads", id="workloads", registry=registry)
+    def workloads(**kw: Any) -> Any:
+        return {kw["namespace"]: workload_view(kw["body"])}
+
+    @kopf.on.event(KUEUE_GROUP, version, "workloads", registry=registry)
+    def workload_event(**kw: Any) -> None:
+        for key in kw["job_bodies"]:
+            if key[0] == kw["namespace"]:
+                state.kick(key)

@@ -1,10 +1,12 @@
-"""The job's lifecycle around its stages: the gang-scheduling timeout, stopping pods
+"""The job's lifecycle around its stages: the gang-scheduling timeout (from Kueue's admission when
+queued), stopping pods
 (suspend, finish, invalid spec), pods stranded on dead nodes, and TTL after finishing. Pure."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from . import naming, queueing
 from . import status as st
 from .api.manifest import Job
 from .decision import Decision, Delete, Observed, PodView
@@ -20,10 +22,15 @@ def gang(obs: Observed, d: Decision, job: Job, placement: Placement, mine: Seque
     if len(mine) == n and not unbound:
         st.clear_condition(s, st.UNSCHEDULABLE, "AllScheduled", f"{n} pods bound", obs.now, job.generation)
         return
+    if any(p.gated for p in mine):
+        return  # Kueue holds the group (queueing.admission reports why); the clock starts at admission
     created = [t for p in mine if (t := st.parse_time(p.created))]
     if not created:
         return
-    waited = (obs.now - min(created)).total_seconds()
+    group = naming.group_name(job.name, mine[0].stage, mine[0].attempt)
+    admitted = st.parse_time(queueing.admitted_at(obs, group))
+    start = max(min(created), admitted) if admitted else min(created)
+    waited = (obs.now - start).total_seconds()
     if waited < timeout:
         d.later(timeout - waited)
         return

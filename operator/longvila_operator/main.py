@@ -18,7 +18,7 @@ import sys
 
 import kopf
 
-from .apply import Kube, NoCredentialsError
+from .apply import ApiError, Kube, NoCredentialsError
 from .handlers import State, build
 from .metrics import Metrics
 
@@ -42,8 +42,30 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--resync-seconds", type=float, default=10.0, help="reconcile every job at least this often"
     )
+    p.add_argument(
+        "--kueue",
+        choices=("auto", "off"),
+        default="auto",
+        help="watch Kueue's Workloads (queue status, docs/kueue.md) when the API server serves them",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
+
+
+def served_kueue(kube: Kube) -> str | None:
+    """The kueue.x-k8s.io version (preferred first) that serves Workloads, or None without Kueue."""
+    try:
+        group = kube.request("GET", "/apis/kueue.x-k8s.io")
+    except ApiError as err:
+        if err.code == 404:
+            return None
+        raise
+    versions = [group["preferredVersion"]["version"], *(v["version"] for v in group.get("versions") or [])]
+    for version in dict.fromkeys(versions):
+        served = kube.request("GET", f"/apis/kueue.x-k8s.io/{version}")
+        if any(r.get("name") == "workloads" for r in served.get("resources") or []):
+            return str(version)
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     state = State(kube=kube, metrics=metrics)
     state.resync_s = args.resync_seconds
+    state.kueue = served_kueue(kube) if args.kueue == "auto" else None
+    watched = f"watching Workloads (kueue.x-k8s.io/{state.kueue})" if state.kueue else "Workloads not watched"
+    logging.getLogger("longvila.operator").info("Kueue: %s", watched)
     registry = build(state)
     if args.metrics_port:
         metrics.serve(args.metrics_port)

@@ -51,3 +51,8 @@ def service_name(job: str) -> str:
 
 def config_map_name(job: str, stage: str) -> str:
     return dns_label([job, stage], "config")
+
+
+def group_name(job: str, stage: str, attempt: int) -> str:
+    """A stage attempt's Kueue pod group, and so its Workload: `<job>-<stage>-a<attempt>`."""
+    return dns_label([job, stage, f"a{attempt}"], "")

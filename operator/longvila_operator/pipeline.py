@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from . import children
+from . import children, naming, queueing
 from . import status as st
 from .api.manifest import Job
 from .decision import Decision, Delete, Observed
@@ -76,6 +76,11 @@ def run_stage(obs: Observed, d: Decision, job: Job) -> bool:
         s.pop("placement", None)
         return True
     missing = [r for r in range(n) if r not in by_rank]
+    group = naming.group_name(job.name, stage.name, attempt)
+    if missing and (wait := queueing.leftover(obs, group, mine)):
+        st.clear_condition(s, st.RUNNING, "WaitingForKueue", wait, now, gen)
+        d.later(1)
+        return False
     if missing:
         init = init_checkpoint(d, job, i)
         d.apply += [children.service(job), children.config_map(job, stage)]
@@ -96,6 +101,7 @@ def run_stage(obs: Observed, d: Decision, job: Job) -> bool:
         s["phase"] = st.RESTARTING if attempt > 0 else st.PENDING
         # No running count in the message: status is written per change, not per pod started.
         st.clear_condition(s, st.RUNNING, "WaitingForWorkers", f"waiting for {n} pods to run", now, gen)
+    queueing.admission(obs, d, job, group, mine)
     return False
 
 

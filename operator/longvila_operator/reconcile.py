@@ -80,6 +80,7 @@ def valid(obs: Observed, d: Decision, job: Job) -> None:
         s["phase"] = st.SUSPENDED
         st.set_condition(s, st.SUSPENDED, True, "Suspended", "spec.suspend is true: no pods", obs.now, gen)
         st.clear_condition(s, st.RUNNING, "Suspended", "suspended", obs.now, gen)
+        st.clear_condition(s, st.ADMITTED, "Suspended", "suspended: no pods, no Workload", obs.now, gen)
         return
     st.clear_condition(s, st.SUSPENDED, "Resumed", "spec.suspend is false", obs.now, gen)
     for _ in range(len(job.spec.stages) + 1):  # a finished stage hands over to the next at once

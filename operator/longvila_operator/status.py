@@ -13,9 +13,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from longvila_contract.status import (
+    ADMITTED,
     CONDITION_TYPES,
     FAILED,
     PENDING,
+    QUEUED,
     RESTARTING,
     RUNNING,
     SUCCEEDED,
@@ -25,8 +27,8 @@ from longvila_contract.status import (
 )
 
 __all__ = [
-    "CONDITION_TYPES", "FAILED", "PENDING", "RESTARTING", "RUNNING", "SUCCEEDED", "SUSPENDED", "TERMINAL",
-    "UNSCHEDULABLE",
+    "ADMITTED", "CONDITION_TYPES", "FAILED", "PENDING", "QUEUED", "RESTARTING", "RUNNING", "SUCCEEDED",
+    "SUSPENDED", "TERMINAL", "UNSCHEDULABLE",
 ]  # fmt: skip
 MAX_MESSAGE = 4000  # conditions and Events stay readable (and under the CRD's bound)
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from longvila_contract import env as contract
 from longvila_contract.config import ConfigError, from_dict
+from longvila_contract.labels import KUEUE_QUEUE
 from longvila_contract.stages import stage_type as stage_table_entry
 from longvila_contract.uri import SCHEMES, Scheme, URIError, parse_uri
 
@@ -153,12 +154,22 @@ def load_job(manifest: Mapping[str, Any]) -> Job:
         raise InvalidJob(errs)
     typed, _ = load_spec(spec)
     assert typed is not None
+    labelled = str((meta.get("labels") or {}).get(KUEUE_QUEUE) or "")
+    queue = typed.scheduling.queue_name or labelled
+    if labelled and queue != labelled:
+        raise InvalidJob(
+            [
+                f'spec.scheduling.queueName: Invalid value: "{queue}": the label {KUEUE_QUEUE} names another '
+                f'queue ("{labelled}"); set one of them, or both to the same LocalQueue'
+            ]
+        )
     return Job(
         name=name,
         namespace=str(meta.get("namespace") or "default"),
         uid=str(meta.get("uid") or ""),
         spec=typed,
         generation=int(meta.get("generation") or 0),
+        queue=queue,
     )
 
 

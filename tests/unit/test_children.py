@@ -84,6 +84,7 @@ def test_one_pod_per_node_pinned_in_ring_order() -> None:
             "longvila.io/stage": "long-sft",
             "longvila.io/node-rank": str(rank),
             "longvila.io/attempt": "2",
+            "kueue.x-k8s.io/pod-group-name": "demo-long-sft-a2",  # inert unless Kueue manages the namespace
         }
         assert pod["metadata"]["annotations"]["longvila.io/domain"] == placed.domain
         assert pod["spec"]["restartPolicy"] == "Never"

@@ -50,6 +50,7 @@ class Job:
     uid: str
     spec: JobSpec
     generation: int = 0
+    queue: str = ""  # Kueue LocalQueue: spec.scheduling.queueName, else the kueue.x-k8s.io/queue-name label
 
 
 class InvalidJob(ValueError):

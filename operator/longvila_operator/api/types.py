@@ -416,15 +416,37 @@ class FailurePolicy:
 
 @api_object
 class Scheduling:
-    """Gang scheduling."""
+    """Gang scheduling, and queueing through Kueue (docs/kueue.md)."""
 
     gang_timeout_seconds: int = prop(
-        "If not every pod of a stage is scheduled within this time, the job reports the scheduler's reason.",
+        "If not every pod of a stage is scheduled within this time (counted from Kueue's admission when "
+        "queued), the job reports the scheduler's reason.",
         default=300,
         minimum=10,
         maximum=86400,
     )
-    priority_class_name: str | None = prop("PriorityClass of the workers.", default=None, max_length=253)
+    priority_class_name: str | None = prop(
+        "PriorityClass of the workers; under Kueue also their Workload's priority (unless "
+        "workloadPriorityClassName is set).",
+        default=None,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+    )
+    queue_name: str | None = prop(
+        "Kueue LocalQueue (in the job's namespace) that admits the job: each stage attempt's pods form one "
+        "Kueue pod group, held until Kueue admits it whole. The label kueue.x-k8s.io/queue-name on the "
+        "LongVILAJob does the same.",
+        default=None,
+        max_length=63,
+        pattern=DNS_SUBDOMAIN,
+    )
+    workload_priority_class_name: str | None = prop(
+        "Kueue WorkloadPriorityClass of the job's pod groups (label kueue.x-k8s.io/priority-class on the "
+        "pods): Kueue's queueing and preemption priority, apart from the pods' PriorityClass.",
+        default=None,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+    )
 
 
 @api_object
@@ -494,7 +516,7 @@ class JobSpec:
         "Pipeline stages, run in order.", min_items=1, max_items=16, list_map_keys=("name",)
     )
     failure_policy: FailurePolicy = prop("Failure handling.", factory=FailurePolicy)
-    scheduling: Scheduling = prop("Gang scheduling.", factory=Scheduling)
+    scheduling: Scheduling = prop("Gang scheduling and queueing (Kueue).", factory=Scheduling)
     suspend: bool = prop("Suspended jobs have no pods; resuming restarts the current stage.", default=False)
     ttl_seconds_after_finished: int | None = prop(
         "Delete the job this long after it succeeds or fails.", default=None, minimum=0, maximum=31536000

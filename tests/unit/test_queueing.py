@@ -1,0 +1,202 @@
+"""Queueing through Kueue, pure: pod-group metadata, Workload views, and the job's Queued /
+Admitted status as the reconcile computes it from gated pods and Kueue's Workload."""
+
+from __future__ import annotations
+
+import copy
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from builders import fleet, job_manifest
+from longvila_contract.labels import LABEL_ATTEMPT, LABEL_NODE_RANK, LABEL_STAGE
+from longvila_operator import status as st
+from longvila_operator.api.manifest import InvalidJob
+from longvila_operator.decision import Decision, Observed, PodView
+from longvila_operator.nodes import parse_node
+from longvila_operator.reconcile import reconcile
+from longvila_operator.validation import load_job
+from longvila_operator.workload import WorkloadView, workload_view
+
+T0 = datetime(2026, 12, 3, 12, 0, 0, tzinfo=UTC)
+GROUP = "demo-extend-64k-a0"
+PENDING_WL = WorkloadView(
+    name=GROUP,
+    reason="Pending",
+    message="couldn't assign flavors to pod set workers: insufficient unused quota for nvidia.com/gpu "
+    "in flavor gpu, 32 more needed",
+)
+
+
+def queued_manifest(**scheduling: Any) -> dict[str, Any]:
+    m = job_manifest(scheduling={"queueName": "team-a", **scheduling})
+    m["metadata"]["generation"] = 1
+    return m
+
+
+class Cluster:
+    """The API server, Kueue and the kubelets, as far as one job's reconcile sees them."""
+
+    def __init__(self, manifest: dict[str, Any]) -> None:
+        self.body = copy.deepcopy(manifest)
+        self.nodes = {n["metadata"]["name"]: parse_node(n) for n in fleet({"a": 4, "b": 4})}
+        self.pods: dict[str, PodView] = {}
+        self.applied: dict[str, dict[str, Any]] = {}
+        self.workloads: dict[str, WorkloadView] = {}
+        self.now = T0
+
+    def run(self, seconds: float = 1.0) -> Decision:
+        self.now += timedelta(seconds=seconds)
+        obs = Observed(self.body, list(self.pods.values()), self.nodes, self.now, workloads=self.workloads)
+        d = reconcile(obs)
+        self.body["status"] = d.status
+        for x in d.delete:
+            self.pods.pop(x.name, None)
+        for o in d.apply:
+            meta = o["metadata"]
+            if o["kind"] == "Pod" and meta["name"] not in self.pods:
+                lb = meta["labels"]
+                self.applied[meta["name"]] = o
+                self.pods[meta["name"]] = PodView(  # Kueue's webhook gates every pod of a queued group
+                    name=meta["name"],
+                    stage=lb[LABEL_STAGE],
+                    attempt=int(lb[LABEL_ATTEMPT]),
+                    node_rank=int(lb[LABEL_NODE_RANK]),
+                    created=st.timestamp(self.now),
+                    gated=True,
+                    queue=lb.get("kueue.x-k8s.io/queue-name", ""),
+                )
+        return d
+
+    def admit(self) -> None:
+        self.workloads[GROUP] = WorkloadView(
+            name=GROUP, admitted=True, cluster_queue="gpus", admitted_at=st.timestamp(self.now)
+        )
+        for name, p in self.pods.items():
+            self.pods[name] = PodView(**{**p.__dict__, "gated": False})
+
+    def bind(self) -> None:
+        for name, p in self.pods.items():
+            node = self.applied[name]["metadata"]["annotations"]["longvila.io/node"]
+            self.pods[name] = PodView(**{**p.__dict__, "node": node, "phase": "Running"})
+
+
+def test_every_pod_of_an_attempt_is_one_group_of_one_role() -> None:
+    c = Cluster(queued_manifest(workloadPriorityClassName="research", priorityClassName="high"))
+    c.run()
+    pods = list(c.applied.values())
+    assert len(pods) == 4
+    for pod in pods:
+        labels, annotations = pod["metadata"]["labels"], pod["metadata"]["annotations"]
+        assert labels["kueue.x-k8s.io/pod-group-name"] == GROUP
+        assert labels["kueue.x-k8s.io/queue-name"] == "team-a"
+        assert labels["kueue.x-k8s.io/priority-class"] == "research"
+        assert annotations["kueue.x-k8s.io/pod-group-total-count"] == "4"
+        # One PodSet whatever the pinning (Kueue would make one per distinct affinity, at most 8).
+        assert annotations["kueue.x-k8s.io/role-hash"] == "workers"
+        assert annotations["kueue.x-k8s.io/retriable-in-group"] == "false"
+        assert pod["spec"]["priorityClassName"] == "high"
+        assert pod["spec"]["affinity"]["nodeAffinity"]  # our pinning stays
+
+
+def test_queued_with_kueues_reason_then_admitted_then_running() -> None:
+    c = Cluster(queued_manifest())
+    c.run()  # creates the pods; Kueue's webhook gates them
+    d = c.run()
+    assert c.body["status"]["phase"] == "Queued"
+    admitted = st.condition(c.body["status"], "Admitted") or {}
+    assert admitted["status"] == "False" and "waiting for Kueue's Workload" in admitted["message"]
+    assert "Queued" in {e.reason for e in d.events}
+
+    c.workloads[GROUP] = PENDING_WL
+    c.run()
+    admitted = st.condition(c.body["status"], "Admitted") or {}
+    assert admitted["reason"] == "Pending" and "insufficient unused quota" in admitted["message"]
+    assert "LocalQueue team-a" in admitted["message"]
+    # Hours in the queue are no gang timeout (the default is 300 s).
+    d = c.run(seconds=3600)
+    assert c.body["status"]["phase"] == "Queued" and st.condition(c.body["status"], "Unschedulable") is None
+    assert d.apply == [] and d.delete == []
+
+    c.admit()
+    d = c.run()
+    admitted = st.condition(c.body["status"], "Admitted") or {}
+    assert admitted["status"] == "True" and "ClusterQueue gpus" in admitted["message"]
+    assert c.body["status"]["phase"] == "Pending" and "Admitted" in {e.reason for e in d.events}
+    c.bind()
+    c.run()
+    assert c.body["status"]["phase"] == "Running"
+
+
+def test_gang_timeout_counts_from_admission_not_from_creation() -> None:
+    c = Cluster(queued_manifest(gangTimeoutSeconds=60))
+    c.run()
+    c.run(seconds=600)  # queued for ten minutes
+    c.admit()
+    c.run(seconds=30)
+    assert st.condition(c.body["status"], "Unschedulable") is None
+    c.run(seconds=40)  # 70 s after admission, still unbound
+    got = st.condition(c.body["status"], "Unschedulable") or {}
+    assert got.get("reason") == "GangTimeout" and "after 7" in got["message"]
+
+
+def test_resumed_attempt_waits_for_kueue_to_drop_the_old_workload() -> None:
+    c = Cluster(queued_manifest())
+    c.run()
+    c.body["spec"]["suspend"] = True
+    c.run()
+    assert not c.pods and c.body["status"]["phase"] == "Suspended"
+    c.workloads[GROUP] = WorkloadView(name=GROUP, finished=True)  # not yet collected
+    c.body["spec"]["suspend"] = False
+    d = c.run()
+    assert not c.pods and d.requeue_after is not None
+    del c.workloads[GROUP]
+    c.run()
+    assert len(c.pods) == 4  # same names, same group: a fresh Workload
+
+
+def test_workload_view_reads_kueues_conditions() -> None:
+    pending = {
+        "metadata": {"name": GROUP},
+        "status": {
+            "conditions": [
+                {"type": "QuotaReserved", "status": "False", "reason": "Pending", "message": "no quota"},
+            ]
+        },
+    }
+    assert workload_view(pending) == WorkloadView(name=GROUP, reason="Pending", message="no quota")
+    admitted = {
+        "metadata": {"name": GROUP},
+        "status": {
+            "admission": {"clusterQueue": "gpus"},
+            "conditions": [
+                {"type": "QuotaReserved", "status": "True", "reason": "QuotaReserved", "message": "ok"},
+                {
+                    "type": "Admitted",
+                    "status": "True",
+                    "reason": "Admitted",
+                    "lastTransitionTime": "2026-12-03T12:00:00Z",
+                },
+            ],
+        },
+    }
+    view = workload_view(admitted)
+    assert view.admitted and view.cluster_queue == "gpus" and view.admitted_at == "2026-12-03T12:00:00Z"
+    assert view.reason == "" and not view.finished
+
+
+def test_queue_from_the_label_and_a_disagreement_is_one_line() -> None:
+    m = job_manifest()
+    m["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "team-b"}
+    assert load_job(m).queue == "team-b"
+    m["spec"]["scheduling"] = {"queueName": "team-a"}
+    with pytest.raises(InvalidJob) as err:
+        load_job(m)
+    assert err.value.errors == [
+        'spec.scheduling.queueName: Invalid value: "team-a": the label kueue.x-k8s.io/queue-name names '
+        'another queue ("team-b"); set one of them, or both to the same LocalQueue'
+    ]
+    m["spec"]["scheduling"] = {"queueName": "Team_A"}
+    with pytest.raises(InvalidJob) as err:
+        load_job(m)
+    assert err.value.errors[0].startswith('spec.scheduling.queueName: Invalid value: "Team_A"')
