@@ -118,6 +118,7 @@ def test_namespaced_mode_renders_a_role_per_namespace_and_only_cluster_reads_clu
         "configmaps": {"create", "patch"},
         "services": {"create", "patch"},
         "events": {"create"},
+        "workloads": {"list", "watch"},
     }
     (dep,) = by_kind(docs, "Deployment")
     c = dep["spec"]["template"]["spec"]["containers"][0]

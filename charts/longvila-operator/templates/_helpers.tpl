@@ -88,6 +88,11 @@ handlers.py (kopf indexes and watches), apply.py (the only module that writes). 
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+# handlers.py watch_workloads: Kueue's Workloads (queue status, docs/kueue.md); only watched
+# when the API server serves them, harmless where Kueue is not installed.
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["workloads"]
+  verbs: ["list", "watch"]
 {{- end }}
 
 {{/* Cluster-scoped reads, in both modes. */}}
