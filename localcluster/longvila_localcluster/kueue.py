@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import subprocess
 import urllib.request
 from collections.abc import Callable, Mapping
@@ -69,6 +70,8 @@ def start_kueue(
     pki, certs = home / "pki", home / "certs"
     certs.mkdir(parents=True, exist_ok=True)
     make_webhook_certs(pki)
+    for name in ("ca.crt", "tls.crt", "tls.key"):  # where the Secret's volume would put them
+        shutil.copyfile(pki / name, certs / name)
     ca = (pki / "ca.crt").read_bytes()
     webhook_port, health_port = free_ports(2)
     base = f"https://127.0.0.1:{webhook_port}"

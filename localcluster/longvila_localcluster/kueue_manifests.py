@@ -6,10 +6,11 @@ every webhook and CRD conversion `clientConfig.service` of Kueue's own manifests
 the pinned module's config/components at build time, build.py) becomes
 `url: https://127.0.0.1:<port><path>` with the CA the cluster generated (kueue.py).
 
-Kueue's internal certificate management stays on, as in its default install: it reads the
-serving certificate from its Secret, writes it to the webhook server's directory and keeps
-the caBundles of its webhooks and CRDs in sync. The cluster pre-fills that Secret with a
-certificate valid for both the Service name Kueue checks and 127.0.0.1, so Kueue keeps it.
+Kueue's internal certificate management stays on, as in its default install: it checks the
+certificate in its Secret, waits for it in the webhook server's directory (where a Secret
+volume puts it in-cluster) and keeps the caBundles of its webhooks and CRDs in sync. The
+cluster pre-fills that Secret, and the directory, with a certificate valid for both the
+Service name Kueue checks and 127.0.0.1, so Kueue keeps it instead of making its own.
 """
 
 from __future__ import annotations
