@@ -83,6 +83,11 @@ def valid(obs: Observed, d: Decision, job: Job) -> None:
         st.clear_condition(s, st.ADMITTED, "Suspended", "suspended: no pods, no Workload", obs.now, gen)
         return
     st.clear_condition(s, st.SUSPENDED, "Resumed", "spec.suspend is false", obs.now, gen)
+    if s.get("phase") == st.SUSPENDED and any(p.deleting for p in obs.pods):
+        # Resumed before the suspended pods are gone (grace period, Kueue's finalizer): they
+        # are no failure, and the resumed attempt reuses their names. Wait for them.
+        d.later(1)
+        return
     for _ in range(len(job.spec.stages) + 1):  # a finished stage hands over to the next at once
         if not run_stage(obs, d, job):
             return

@@ -200,3 +200,18 @@ def test_queue_from_the_label_and_a_disagreement_is_one_line() -> None:
     with pytest.raises(InvalidJob) as err:
         load_job(m)
     assert err.value.errors[0].startswith('spec.scheduling.queueName: Invalid value: "Team_A"')
+
+
+def test_resumed_before_the_suspended_pods_are_gone_waits_and_counts_no_restart() -> None:
+    c = Cluster(queued_manifest())
+    c.run()
+    c.body["spec"]["suspend"] = True
+    c.run()
+    name = "demo-extend-64k-a0-n0"  # Kueue's finalizer still holds a deleted pod
+    c.pods = {name: PodView(name, "extend-64k", 0, 0, deleting=True, gated=True)}
+    c.body["spec"]["suspend"] = False
+    d = c.run()
+    assert d.apply == [] and c.body["status"]["restarts"] == 0 and c.body["status"]["phase"] == "Suspended"
+    c.pods = {}
+    c.run()
+    assert len(c.pods) == 4 and c.body["status"]["restarts"] == 0
