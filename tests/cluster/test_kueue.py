@@ -271,3 +271,22 @@ def test_suspend_while_queued_and_resume_leaves_no_stuck_gates(apis: tuple[Any, 
     wait("Running", lambda: running(apis, ns, "sus-s1-a0-", 2), 60)  # the same group, a new Workload
     body = wait("phase Running", lambda: phase_is(apis, ns, "sus", "Running"), 30)
     assert body["status"]["restarts"] == 0  # resuming is no failure, even before the old pods are gone
+
+
+def test_the_documented_queues_pass_kueues_own_validation(
+    apis: tuple[Any, Any], cluster_env: dict[str, str], repo_root: Path, operator: OperatorProcess
+) -> None:
+    """examples/kueue/queues.yaml (README, docs/kueue.md), through Kueue's webhooks (server dry run)."""
+    core = apis[0]
+    core.create_namespace({"metadata": {"name": "llm"}})
+    try:
+        out = subprocess.run(
+            ["kubectl", "apply", "--dry-run=server", "-f", str(repo_root / "examples/kueue/queues.yaml")],
+            env=cluster_env,
+            capture_output=True,
+            text=True,
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.count("(server dry run)") == 3, out.stdout
+    finally:
+        core.delete_namespace("llm")
