@@ -117,16 +117,18 @@ def start_kueue(
             return bool(r.status == 200)
 
     wait_for("Kueue /readyz", ready, READY_TIMEOUT_S, sup.check_alive)
-    # The API server calls Kueue's webhooks (a dry-run ResourceFlavor passes both), and a
-    # converted CRD is served: what the tests need, seen the way they will see it.
+    # The API server reaches Kueue the ways the tests need, seen the way they will see it: a
+    # dry-run ResourceFlavor passes its mutating and validating webhooks, and a dry-run v1beta1
+    # Cohort is converted to the stored v1beta2 by its /convert.
     custom = k.CustomObjectsApi(api)
-    flavor = {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ResourceFlavor", "metadata": {"name": "probe"}}
+    probes = [("v1beta2", "resourceflavors", "ResourceFlavor"), ("v1beta1", "cohorts", "Cohort")]
 
     def webhooks_answer() -> bool:
         sup.check_alive()
         try:
-            custom.create_cluster_custom_object(GROUP, "v1beta2", "resourceflavors", flavor, dry_run="All")
-            custom.list_namespaced_custom_object(GROUP, "v1beta1", "default", "workloads")
+            for version, plural, kind in probes:
+                body = {"apiVersion": f"{GROUP}/{version}", "kind": kind, "metadata": {"name": "probe"}}
+                custom.create_cluster_custom_object(GROUP, version, plural, body, dry_run="All")
         except k.ApiException as e:
             last["error"] = f"HTTP {e.status}: {_message(e)}"
             return False
