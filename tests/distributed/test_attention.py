@@ -7,6 +7,7 @@ runs all of its cases there; each case is then checked on its own.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import subprocess
@@ -36,6 +37,7 @@ from longvila_trainer.attention.reference import attention_mask
 from longvila_trainer.attention.ring import merge_into
 from longvila_trainer.attention.ulysses import seq_all_to_all
 from longvila_trainer.bench.attention import Shape, max_seq_table
+from longvila_trainer.bench.costmodel import AttnShape, Layout, traffic
 from longvila_trainer.check_attention import Case, CaseResult, attention_worker, evaluate, run_cases
 from longvila_trainer.check_attention import main as check_attention_main
 from longvila_trainer.parallel.groups import SPGroups, build_groups, single_process_groups
@@ -244,6 +246,7 @@ def test_single_process_entry_points_agree() -> None:
 
 # ---------------------------------------------------------------- distributed
 A2A_SIZES = [3, 5, 0, 2]  # uneven Ulysses shards, one of them empty
+TIER_SEQ, TIER_SHAPE = 64, AttnShape(4, 2, 8, 4)
 
 
 def world_worker(rank: int, world: int, cases: list[Case]) -> dict[str, Any]:
@@ -270,6 +273,20 @@ def world_worker(rank: int, world: int, cases: list[Case]) -> dict[str, Any]:
         fwd = dict(ring_meter.sent)
         torch.autograd.backward(o, torch.randn_like(o))
         out["ring_bytes"] = (fwd, dict(ring_meter.sent), dict(ring_meter.calls))
+        # the same split by tier, as if ranks 0-1 and 2-3 were two nodes, for ring-only and 2D
+        out["tiers"] = {}
+        for u, r in ((1, 4), (2, 2), (4, 1)):
+            t = plan_tokens([TIER_SEQ], u, r, "zigzag")
+            tm = CommMeter(node_of=(0, 0, 1, 1), rank=rank)
+            ctx = AttentionContext(build_groups(ParallelLayout(4, u, r), check_hosts=False), t, meter=tm)
+            q, k, v = (
+                torch.randn(t.shard_len, h, TIER_SHAPE.head_dim, requires_grad=True) for h in (4, 2, 2)
+            )
+            o = usp_attention(q, k, v, ctx)
+            fwd_tiers = dict(tm.tier_sent)
+            torch.autograd.backward(o, torch.randn_like(o))
+            bwd_tiers = {n: tm.tier_sent[n] - fwd_tiers.get(n, 0) for n in tm.tier_sent}
+            out["tiers"][(u, r)] = (fwd_tiers, bwd_tiers, tm.total, dict(tm.blocked_s))
         out["a2a"] = {
             "y": y.detach(),
             "back": back.detach(),
@@ -287,10 +304,18 @@ def _spawn(world: int, cases: list[Case]) -> tuple[list[CaseResult], list[dict[s
     return evaluate(cases, [r["cases"] for r in per_rank]), per_rank
 
 
+# the same problems with the ring waiting for each hop before computing (the wait-first
+# baseline of bench.network): exact too, and equal to the overlapped schedule
+WAIT_FIRST = [
+    Case(2, 2, DOCS[0], 4, 2, 8, "zigzag", True, seed=3),
+    Case(1, 4, DOCS[2], 4, 4, 8, "contiguous", False, seed=4),
+    Case(1, 4, DOCS[1], 4, 2, 8, "zigzag", True, seed=5),
+]
 WORLD4 = (
     [c for ur in ((2, 2), (1, 4), (4, 1)) for c in _cases(*ur)]
     + [c for ur in ((1, 2), (2, 1)) for c in _cases(*ur, dp=2)]
     + [Case(2, 2, (21, 30, 2), 4, 2, 8, "zigzag", True, seed=9, pad_kv=float("nan"))]
+    + [c for w in WAIT_FIRST for c in (w, dataclasses.replace(w, overlap=False))]
 )
 WORLD8 = [c for ur in ((2, 4), (4, 2)) for c in _cases(*ur)] + [
     Case(2, 2, (50, 13), 8, 2, 8, "zigzag", True, dp=2)
@@ -311,7 +336,8 @@ def _case_id(c: Case) -> str:
     mask = "causal" if c.causal else "full"
     pad = "-nanpad" if c.pad_kv != c.pad_kv else ""
     heads = f"h{c.heads}kv{c.kv_heads}"
-    return f"U{c.ulysses}R{c.ring}dp{c.dp}-{c.kind}-{mask}-{heads}-{c.kernel}-docs{len(c.docs)}{pad}"
+    wait = "" if c.overlap else "-waitfirst"
+    return f"U{c.ulysses}R{c.ring}dp{c.dp}-{c.kind}-{mask}-{heads}-{c.kernel}-docs{len(c.docs)}{pad}{wait}"
 
 
 def _check(res: CaseResult) -> None:
@@ -332,6 +358,19 @@ def test_world4(world4: tuple[list[CaseResult], list[dict[str, Any]]], i: int) -
 @pytest.mark.parametrize("i", range(len(WORLD8)), ids=[_case_id(c) for c in WORLD8])
 def test_world8(world8: tuple[list[CaseResult], list[dict[str, Any]]], i: int) -> None:
     _check(world8[0][i])
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("w", WAIT_FIRST, ids=_case_id)
+def test_wait_first_equals_overlapped(world4: tuple[list[CaseResult], list[dict[str, Any]]], w: Case) -> None:
+    """Posting the next hop before the compute (overlap) or waiting for it first changes when
+    data moves, not what is computed: same out, dq, dk, dv within fp32 tolerance."""
+    res = {r.case: r for r in world4[0]}
+    a, b = res[w], res[dataclasses.replace(w, overlap=False)]
+    assert a.ok and b.ok
+    for x, y in zip(a.got, b.got, strict=True):
+        for name in x:
+            assert torch.allclose(x[name], y[name], rtol=1e-6, atol=1e-6), name
 
 
 @pytest.mark.distributed
@@ -357,6 +396,19 @@ def test_ring_traffic_is_counted(world4: tuple[list[CaseResult], list[dict[str, 
         assert fwd == {"p2p": 3 * kv_block}  # R − 1 hops of the KV block
         assert total == {"p2p": 3 * kv_block + 3 * kv_block + 3 * kv_block}  # + KV and fp32 dKV hops
         assert calls == {"p2p": 9}
+
+
+@pytest.mark.distributed
+def test_bytes_per_tier_match_the_cost_model(world4: tuple[list[CaseResult], list[dict[str, Any]]]) -> None:
+    """The comm layer's split by tier (2 nodes × 2 ranks) equals costmodel.traffic, which the
+    GPU projection uses: the all-to-all of 2D stays inside a node, only its ring crosses."""
+    for rank, r in enumerate(world4[1]):
+        for (u, ring), (fwd, bwd, total, blocked) in r["tiers"].items():
+            want = traffic(Layout(u, ring), TIER_SEQ, TIER_SHAPE, 2, rank)
+            assert fwd == {k: v for k, v in want.fwd.items() if v}, (u, ring, rank)
+            assert bwd == {k: v for k, v in want.bwd.items() if v}, (u, ring, rank)
+            assert sum(fwd.values()) + sum(bwd.values()) == total  # every byte has a tier
+            assert ("all_to_all" in blocked) == (u > 1) and ("p2p" in blocked) == (ring > 1)
 
 
 # ---------------------------------------------------------------- the CLI

@@ -47,6 +47,7 @@ class Case:
     seed: int = 0
     kernel: str = "auto"
     pad_kv: float = 1e4  # scale of the garbage in padding K/V rows (nan allowed)
+    overlap: bool = True  # False: the ring waits for each hop before computing (same result)
 
     @property
     def world(self) -> int:
@@ -89,7 +90,7 @@ def attention_worker(rank: int, world: int, cases: list[Case]) -> list[dict[str,
             groups[key] = build_groups(ParallelLayout(world, *key), check_hosts=False)
         g = groups[key]
         p = case.problem(g.dp_rank)
-        ctx = AttentionContext(g, p.tokens, kernel=case.kernel)
+        ctx = AttentionContext(g, p.tokens, kernel=case.kernel, overlap=case.overlap)
         q, k, v = (shard(x, p.tokens, g.sp_rank).requires_grad_() for x in (p.q, p.k, p.v))
         out = usp_attention(q, k, v, ctx, causal=case.causal)
         torch.autograd.backward(out, shard(p.dout, p.tokens, g.sp_rank))

@@ -138,13 +138,16 @@ class AttentionContext:
     """Everything usp_attention needs besides q, k, v.
 
     `kernel` picks the attention kernel ("auto" chooses by device, see kernels.py);
-    `meter`, when given, counts the bytes this rank sends (see comm.CommMeter).
+    `meter`, when given, counts the bytes this rank sends (see comm.CommMeter);
+    `overlap=False` makes the ring wait for each hop before computing on the block it has
+    (same messages, same results: the baseline that measures what overlapping hides).
     """
 
     groups: SPGroups
     tokens: TokenLayout
     kernel: str = "auto"
     meter: CommMeter | None = None
+    overlap: bool = True
     _schedules: dict[bool, tuple[Step, ...]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )

@@ -2,9 +2,12 @@
 
 Each ring rank holds the queries of its ring sequence (TokenLayout.ring_index(r)) for good.
 K and V travel: at step t a rank computes against the block of ring rank (r − t) mod R
-while the next block is already in flight (RingShift). Only the unmasked pieces of each
-block are computed (context.ring_schedule: per document, zigzag or contiguous, causal by
-block), and partial results are merged with their LSE into a float32 accumulator.
+while the next block is already in flight (RingShift: the send/recv of the next block is
+posted before the current block's compute, forward and backward; with
+AttentionContext.overlap=False it is waited for first, the baseline bench.network compares
+against). Only the unmasked pieces of each block are computed (context.ring_schedule: per
+document, zigzag or contiguous, causal by block), and partial results are merged with their
+LSE into a float32 accumulator.
 
 The backward is a ring too. Every step recomputes its pieces with the *final* out and LSE
 (the flash-attention formula), so each piece's gradient is exact on its own. dQ stays put;
@@ -125,6 +128,8 @@ class RingAttention(torch.autograd.Function):
         kv = torch.stack([k, v])  # [2, S, Hkv, D]: one message per hop
         for t, step in enumerate(steps):
             nxt = shift.start([kv]) if t < len(steps) - 1 else []
+            if not actx.overlap:
+                shift.wait()
             for p in step.passes:
                 pass_forward(kernel, q, kv[0], kv[1], p, scale, acc, acc_lse)
             shift.wait()
@@ -153,6 +158,8 @@ class RingAttention(torch.autograd.Function):
             # (which holds that block now) and the one for this step's block arrives.
             sends = ([kv] if t < last else []) + ([travel] if t >= 2 else [])
             got = shift.start(sends)
+            if not actx.overlap:
+                shift.wait()
             dkv = torch.zeros(kv.shape, dtype=acc_dtype, device=q.device)
             for p in step.passes:
                 pass_backward(kernel, saved, kv[0], kv[1], p, fctx.scale, dq, dkv)

@@ -1,0 +1,353 @@
+"""A cost model of sequence-parallel attention on a two-tier network (pure; a model, not a measurement).
+
+Inputs: the layout (U, R, ranks per node), the sequence, the attention shape, a Device
+(attention-kernel FLOP/s forward and backward, a fixed cost per kernel call) and Links
+(per-rank bandwidth and per-message latency inside a node and across nodes). Outputs: the
+bytes each rank sends on each tier (`traffic`, equal to what comm.CommMeter counts; the
+tests hold the two together) and the time of one attention call, forward and backward
+(`attention_time`), with or without the ring's communication overlapped.
+
+How time is modelled (one rank's view; the slowest rank sets the pace):
+- all-to-all (q, k, v before the ring, out after; mirrored in backward): the peers of each
+  tier share that tier's link, the tiers run at once: max over tiers of
+  peers·bytes_per_peer / bw + latency;
+- ring step t: compute c_t = FLOPs_t / rate + kernel calls_t · call cost, over the step's
+  pieces (context.ring_schedule, so causal and zigzag skipping are exact); the hop moves
+  one block over the ring's slowest link (the ranks advance in lock step, so the slowest
+  hop of the ring paces every rank); overlapped: max(c_t, hop), wait-first: c_t + hop;
+- backward: dK/dV (fp32) travel with the blocks from the third step, and one last hop
+  delivers them (never overlapped): the schedule of ring.RingAttention.backward.
+FLOPs: 4·q·k·h·D per full piece, 2·q·(q+1)·h·D per causal one (forward); backward counts
+2.5× forward (flash backward: five matmuls to forward's two). Not modelled: contention for
+the copy engines or the CPU, congestion beyond one link per rank, stragglers, kernel
+efficiency changing with block size (the call cost absorbs part of it).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from longvila_contract.layout import ParallelLayout, kv_replication
+
+from ..attention.context import Step, ring_schedule
+from ..parallel.token_layout import plan_tokens
+
+TIERS = ("intra_node", "inter_node")
+BWD_FLOPS_FACTOR = 2.5
+
+
+@dataclass(frozen=True)
+class AttnShape:
+    heads: int
+    kv_heads: int
+    head_dim: int
+    elem: int  # bytes of q, k, v, out and their gradients (4 fp32 on CPU, 2 bf16 on GPU)
+    acc_elem: int = 4  # the travelling dK/dV accumulator is fp32 (ring.py)
+
+
+@dataclass(frozen=True)
+class Device:
+    name: str
+    fwd_flops: float  # attention-kernel FLOP/s, forward
+    bwd_flops: float  # backward, in forward-equivalent units × BWD_FLOPS_FACTOR
+    call_s: float  # fixed cost per kernel call (launch, varlen set-up, LSE merge)
+
+
+@dataclass(frozen=True)
+class Links:
+    """Per-rank links. The all-to-all may reach a different rate per peer than a lone P2P
+    message (a collective's own schedule: gloo's, measured by bench.network's probe; NCCL's,
+    assumed equal); left out, it is the P2P rate."""
+
+    ranks_per_node: int
+    fast_bps: float  # bytes/s per rank, one direction, inside a node
+    slow_bps: float  # across nodes
+    fast_lat_s: float
+    slow_lat_s: float
+    a2a_fast_bps: float | None = None
+    a2a_slow_bps: float | None = None
+
+    def bw(self, tier: str) -> float:
+        return self.fast_bps if tier == TIERS[0] else self.slow_bps
+
+    def a2a_bw(self, tier: str) -> float:
+        got = self.a2a_fast_bps if tier == TIERS[0] else self.a2a_slow_bps
+        return got if got is not None else self.bw(tier)
+
+    def lat(self, tier: str) -> float:
+        return self.fast_lat_s if tier == TIERS[0] else self.slow_lat_s
+
+
+@dataclass(frozen=True)
+class Layout:
+    ulysses: int
+    ring: int
+
+    @property
+    def sp(self) -> int:
+        return self.ulysses * self.ring
+
+
+def _tier(a: int, b: int, ranks_per_node: int) -> str:
+    return TIERS[a // ranks_per_node != b // ranks_per_node]
+
+
+def _a2a_peers(rank: int, lay: Layout, g: int) -> dict[str, int]:
+    """How many of this rank's Ulysses peers are on each tier (groups: U consecutive ranks)."""
+    base = rank - rank % lay.ulysses
+    out = dict.fromkeys(TIERS, 0)
+    for p in range(base, base + lay.ulysses):
+        if p != rank:
+            out[_tier(rank, p, g)] += 1
+    return out
+
+
+def ring_next(lay: Layout) -> list[int]:
+    """next[r]: the rank r sends its ring blocks to (ring groups are strided by U)."""
+    nxt = list(range(lay.sp))
+    for group in ParallelLayout(lay.sp, lay.ulysses, lay.ring).ring_groups():
+        for i, r in enumerate(group):
+            nxt[r] = group[(i + 1) % len(group)]
+    return nxt
+
+
+def ring_hop_tiers(lay: Layout, g: int) -> tuple[tuple[str, ...], ...]:
+    """Per distinct ring group: the tier of each hop, hop j going from ring rank j to j + 1."""
+    if lay.ring == 1:
+        return ((),)
+    groups = ParallelLayout(lay.sp, lay.ulysses, lay.ring).ring_groups()
+    return tuple(
+        sorted({tuple(_tier(gr[j], gr[(j + 1) % len(gr)], g) for j in range(len(gr))) for gr in groups})
+    )
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """Bytes one rank sends per call, by tier, and the sizes the time model needs."""
+
+    fwd: dict[str, int]
+    bwd: dict[str, int]
+    a2a_per_peer: dict[str, int]  # "q", "kv" (k and v each), per Ulysses peer
+    kv_block: int  # one hop of [2, S_ring, Hkv'/U, D]
+    dkv_block: int  # one hop of the fp32 dK/dV accumulator
+
+
+def traffic(
+    lay: Layout, seq: int, shape: AttnShape, ranks_per_node: int, rank: int, nxt: list[int] | None = None
+) -> Traffic:
+    """What comm.CommMeter counts for rank `rank` of one usp_attention call (zigzag, one
+    document); `nxt` is ring_next(lay), passed in when calling for every rank."""
+    tokens = plan_tokens([seq], lay.ulysses, lay.ring, "zigzag")
+    n, u, d = tokens.shard_len, lay.ulysses, shape.head_dim
+    kv = shape.kv_heads * kv_replication(shape.heads, shape.kv_heads, u)
+    per_peer = {"q": n * shape.heads // u * d * shape.elem, "kv": n * kv // u * d * shape.elem}
+    # one call: q, k, v forward + out back; backward: d(out) then dq, dk, dv
+    a2a = 2 * per_peer["q"] + 2 * per_peer["kv"]
+    kv_block = 2 * n * kv * d * shape.elem  # [2, n·U, kv/U, D]
+    dkv_block = 2 * n * kv * d * shape.acc_elem
+    fwd, bwd = dict.fromkeys(TIERS, 0), dict.fromkeys(TIERS, 0)
+    for tier, peers in _a2a_peers(rank, lay, ranks_per_node).items():
+        fwd[tier] += peers * a2a
+        bwd[tier] += peers * a2a
+    if lay.ring > 1:
+        hop = _tier(rank, (nxt or ring_next(lay))[rank], ranks_per_node)
+        fwd[hop] += (lay.ring - 1) * kv_block
+        bwd[hop] += (lay.ring - 1) * (kv_block + dkv_block)
+    return Traffic(fwd, bwd, per_peer, kv_block, dkv_block)
+
+
+def step_flops(step: Step, heads: int, head_dim: int) -> float:
+    """Forward FLOPs of one ring step's pieces, `heads` = heads on this rank (H/U)."""
+    hd = heads * head_dim
+    return sum(
+        2.0 * c.q_len * (c.q_len + 1) * hd if c.causal else 4.0 * c.q_len * c.k_len * hd
+        for p in step.passes
+        for c in p.pieces
+    )
+
+
+def step_work(lay: Layout, seq: int, shape: AttnShape) -> list[tuple[float, int]]:
+    """Per ring step: (forward FLOPs, kernel calls), the max over ring ranks (zigzag balances
+    them; a few ranks are sampled for large rings, whose steps are identical by construction)."""
+    tokens = plan_tokens([seq], lay.ulysses, lay.ring, "zigzag")
+    h = shape.heads // lay.ulysses
+    ranks = range(lay.ring) if lay.ring <= 16 else sorted({0, lay.ring // 2, lay.ring - 1})
+    work = [(0.0, 0)] * lay.ring
+    for r in ranks:
+        for t, step in enumerate(ring_schedule(tokens, r, True)):
+            f = step_flops(step, h, shape.head_dim)
+            work[t] = (max(work[t][0], f), max(work[t][1], len(step.passes)))
+    return work
+
+
+@dataclass(frozen=True)
+class CallPlan:
+    """Everything about one attention call that does not depend on the hardware: computed once
+    (it walks the ring schedule), then timed for any Device and Links by `predict`."""
+
+    lay: Layout
+    ranks_per_node: int
+    a2a_peers: tuple[tuple[int, int], ...]  # per distinct rank: Ulysses peers (intra, inter)
+    a2a_q: int  # bytes per peer of one q-sized all-to-all (q, out and their gradients)
+    a2a_kv: int  # of one k- or v-sized all-to-all
+    hop_tiers: tuple[tuple[str, ...], ...]  # per distinct ring group, hop j: ring rank j → j + 1
+    kv_block: int
+    dkv_block: int
+    work: tuple[tuple[float, int], ...]  # per ring step: forward FLOPs, kernel calls
+
+
+def plan_call(lay: Layout, seq: int, shape: AttnShape, ranks_per_node: int) -> CallPlan:
+    tr = traffic(lay, seq, shape, ranks_per_node, 0)
+    peers = {tuple(_a2a_peers(r, lay, ranks_per_node)[t] for t in TIERS) for r in range(lay.sp)}
+    return CallPlan(
+        lay,
+        ranks_per_node,
+        tuple(sorted(peers)),  # type: ignore[arg-type]
+        tr.a2a_per_peer["q"],
+        tr.a2a_per_peer["kv"],
+        ring_hop_tiers(lay, ranks_per_node),
+        tr.kv_block,
+        tr.dkv_block,
+        tuple(step_work(lay, seq, shape)),
+    )
+
+
+@dataclass(frozen=True)
+class Prediction:
+    fwd_s: float
+    bwd_s: float
+    fwd_comm_s: float  # communication time the forward would spend with nothing hidden
+    bwd_comm_s: float
+    fwd_compute_s: float
+    bwd_compute_s: float
+
+
+def _a2a_time(per_peer: int, plan: CallPlan, links: Links) -> float:
+    """Slowest rank's all-to-all: each tier's peers share that tier's link, tiers run at once."""
+
+    def rank_time(peers: tuple[int, ...]) -> float:
+        tiers = [(t, n) for t, n in zip(TIERS, peers, strict=True) if n]
+        return max((n * per_peer / links.a2a_bw(t) + links.lat(t) for t, n in tiers), default=0.0)
+
+    return max((rank_time(p) for p in plan.a2a_peers), default=0.0)
+
+
+def _ring_pass(c: list[float], hops: list[list[float]], tail: list[float] | None, overlap: bool) -> float:
+    """Critical path of one ring pass, for the slowest ring rank.
+
+    c[t]: compute of step t; hops[t][j]: seconds of step t's message from ring rank j − 1 to
+    ring rank j (empty list: no message at step t); tail[j]: a last message to j after the
+    loop (the backward's dK/dV delivery) or None. A rank's wait covers its receive and its
+    send (gloo's send completes once the data has left through a socket of bounded size,
+    NCCL's once the peer has it), and both ends must have posted their side, so with
+    in_j = hops[t][j], out_j = hops[t][j + 1]:
+        ready_j = max(T_{j-1}, T_j) + in_j  and  max(T_j, T_{j+1}) + out_j
+        overlapped   T_j(t+1) = max(T_j(t) + c_t, ready_j)
+        wait-first   T_j(t+1) = max(T_j(t), ready_j) + c_t
+    With the fast and slow hops of ring-only SP every rank has a slow hop on one side, so
+    the slow tier paces every step, which the runs confirm.
+    """
+    r = len(hops[0]) if hops and hops[0] else 1
+
+    def ready(t_now: list[float], msg: list[float]) -> list[float]:
+        return [
+            max(max(t_now[j - 1], t_now[j]) + msg[j], max(t_now[j], t_now[(j + 1) % r]) + msg[(j + 1) % r])
+            for j in range(r)
+        ]
+
+    t_now = [0.0] * r
+    for t, ct in enumerate(c):
+        if not hops[t]:
+            t_now = [x + ct for x in t_now]
+            continue
+        rd = ready(t_now, hops[t])
+        if overlap:
+            t_now = [max(t_now[j] + ct, rd[j]) for j in range(r)]
+        else:
+            t_now = [max(t_now[j], rd[j]) + ct for j in range(r)]
+    if tail is not None:
+        t_now = ready(t_now, tail)
+    return max(t_now)
+
+
+def predict(plan: CallPlan, dev: Device, links: Links, overlap: bool = True) -> Prediction:
+    """Modelled time of one usp_attention call, forward and backward, for the slowest rank."""
+    if links.ranks_per_node != plan.ranks_per_node:
+        raise ValueError(
+            f"plan is for {plan.ranks_per_node} ranks per node, links for {links.ranks_per_node}"
+        )
+    a2a = 2 * _a2a_time(plan.a2a_q, plan, links) + 2 * _a2a_time(plan.a2a_kv, plan, links)
+    # q, k, v and out (forward); d(out), dq, dk, dv (backward)
+    c_fwd = [f / dev.fwd_flops + calls * dev.call_s for f, calls in plan.work]
+    c_bwd = [BWD_FLOPS_FACTOR * f / dev.bwd_flops + calls * dev.call_s for f, calls in plan.work]
+    last = plan.lay.ring - 1
+    fwd_ring = bwd_ring = fwd_comm = bwd_comm = 0.0
+    for tiers in plan.hop_tiers:
+
+        def hop(nbytes: int, tiers: tuple[str, ...] = tiers) -> list[float]:
+            # hop j arrives at ring rank j from j − 1, over the tier of hop j − 1
+            return [nbytes / links.bw(tiers[j - 1]) + links.lat(tiers[j - 1]) for j in range(len(tiers))]
+
+        fwd_msgs = [hop(plan.kv_block) if t < last else [] for t in range(plan.lay.ring)]
+        # backward: K/V while t < last, the travelling fp32 dK/dV from t = 2, a delivery at the end
+        bwd_msgs = [
+            hop((plan.kv_block if t < last else 0) + (plan.dkv_block if t >= 2 else 0))
+            if t < last or t >= 2
+            else []
+            for t in range(plan.lay.ring)
+        ]
+        tail = hop(plan.dkv_block) if last else None
+        fwd_ring = max(fwd_ring, _ring_pass(c_fwd, fwd_msgs, None, overlap))
+        bwd_ring = max(bwd_ring, _ring_pass(c_bwd, bwd_msgs, tail, overlap))
+        fwd_comm = max(fwd_comm, sum(max(m) for m in fwd_msgs if m))
+        bwd_comm = max(bwd_comm, sum(max(m) for m in bwd_msgs if m) + (max(tail) if tail else 0.0))
+    return Prediction(a2a + fwd_ring, a2a + bwd_ring, a2a + fwd_comm, a2a + bwd_comm, sum(c_fwd), sum(c_bwd))
+
+
+def attention_time(
+    lay: Layout, seq: int, shape: AttnShape, dev: Device, links: Links, overlap: bool = True
+) -> Prediction:
+    return predict(plan_call(lay, seq, shape, links.ranks_per_node), dev, links, overlap)
+
+
+Sample = tuple[CallPlan, Links, bool, float]  # plan, links, overlap, measured fwd+bwd seconds
+
+
+def _loss(dev: Device, samples: list[Sample], delta: float = 0.05) -> float:
+    """Soft-L1 of e = log(predicted / measured): e²/2 near 0, |e| beyond ~delta. Relative, and
+    robust to a run that a burst of other work on the machine slowed down (a squared loss
+    would bend the fit towards it), yet smooth for the search."""
+    total = 0.0
+    for plan, links, overlap, seconds in samples:
+        p = predict(plan, dev, links, overlap)
+        e = math.log((p.fwd_s + p.bwd_s) / seconds) / delta
+        total += math.sqrt(1 + e * e) - 1
+    return total
+
+
+def fit_device(name: str, samples: list[Sample]) -> Device:
+    """The Device whose predictions of the samples' fwd+bwd seconds have the least (soft-L1)
+    log error, with one kernel rate for both directions (backward FLOPs counted 2.5× forward) and a
+    cost per call: a log grid, then a pattern search with shrinking steps. Two parameters only,
+    so most runs (modes × lengths × ratios) test the model rather than fit it."""
+    if not samples:
+        raise ValueError(f"fit_device({name}): no samples")
+
+    def loss(rc: tuple[float, float]) -> float:
+        return _loss(Device(name, rc[0], rc[0], rc[1]), samples)
+
+    calls = [0.0] + [10 ** (-6 + j / 3) for j in range(16)]  # 0, 1 µs .. 100 ms
+    best = min(
+        ((10 ** (7 + i / 12), c) for i in range(73) for c in calls), key=loss
+    )  # 10 MFLOP/s .. 10 TFLOP/s
+    step = 2.0
+    while step > 1.001:
+        moves = [(best[0] * a, max(best[1], 1e-7) * b if b != 1 else best[1]) for a in (1 / step, 1, step)
+                 for b in (1 / step, 1, step)]  # fmt: skip
+        new = min(moves, key=loss)
+        if loss(new) < loss(best):
+            best = new
+        else:
+            step = step**0.5
+    return Device(name, best[0], best[0], best[1])
