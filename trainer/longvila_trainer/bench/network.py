@@ -181,7 +181,7 @@ def parse(argv: list[str] | None) -> tuple[Plan, argparse.Namespace]:
         "--iters", type=int, default=3, help="timed iterations per run, at least (after one warm-up)"
     )
     ap.add_argument(
-        "--budget-s", type=float, default=20.0, help="more iterations while a ratio's runs fit in this"
+        "--budget-s", type=float, default=30.0, help="more iterations while a ratio's runs fit in this"
     )
     ap.add_argument("--heads", type=int, default=28, help="Qwen2-7B: 28")
     ap.add_argument("--kv-heads", type=int, default=4, help="Qwen2-7B: 4")
