@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 from longvila_contract.layout import ParallelLayout, kv_replication
 
 from ..attention.context import Step, ring_schedule
@@ -233,75 +234,96 @@ def _a2a_time(per_peer: int, plan: CallPlan, links: Links) -> float:
     return max((rank_time(p) for p in plan.a2a_peers), default=0.0)
 
 
-def _ring_pass(c: list[float], hops: list[list[float]], tail: list[float] | None, overlap: bool) -> float:
+Messages = list[np.ndarray | None]  # per ring step: seconds of each ring rank's incoming message
+
+
+def _ring_pass(c: list[float], hops: Messages, tail: np.ndarray | None, overlap: bool) -> float:
     """Critical path of one ring pass, for the slowest ring rank.
 
     c[t]: compute of step t; hops[t][j]: seconds of step t's message from ring rank j − 1 to
-    ring rank j (empty list: no message at step t); tail[j]: a last message to j after the
-    loop (the backward's dK/dV delivery) or None. A rank's wait covers its receive and its
-    send (gloo's send completes once the data has left through a socket of bounded size,
-    NCCL's once the peer has it), and both ends must have posted their side, so with
+    ring rank j (None: no message at step t); tail[j]: a last message to j after the loop
+    (the backward's dK/dV delivery) or None. A rank's wait covers its receive and its send
+    (gloo's send completes once the data has left through a socket of bounded size, NCCL's
+    once the peer has it), and both ends must have posted their side, so with
     in_j = hops[t][j], out_j = hops[t][j + 1]:
-        ready_j = max(T_{j-1}, T_j) + in_j  and  max(T_j, T_{j+1}) + out_j
+        ready_j = max(max(T_{j-1}, T_j) + in_j, max(T_j, T_{j+1}) + out_j)
         overlapped   T_j(t+1) = max(T_j(t) + c_t, ready_j)
         wait-first   T_j(t+1) = max(T_j(t), ready_j) + c_t
     With the fast and slow hops of ring-only SP every rank has a slow hop on one side, so
     the slow tier paces every step, which the runs confirm.
     """
-    r = len(hops[0]) if hops and hops[0] else 1
+    r = next((len(m) for m in hops if m is not None), 1)
+    t_now = np.zeros(r)
+    prev, nxt = (np.arange(r) - 1) % r, (np.arange(r) + 1) % r
 
-    def ready(t_now: list[float], msg: list[float]) -> list[float]:
-        return [
-            max(max(t_now[j - 1], t_now[j]) + msg[j], max(t_now[j], t_now[(j + 1) % r]) + msg[(j + 1) % r])
-            for j in range(r)
-        ]
+    def ready(t_now: np.ndarray, msg: np.ndarray) -> np.ndarray:
+        recv = np.maximum(t_now[prev], t_now) + msg
+        send = np.maximum(t_now, t_now[nxt]) + msg[nxt]
+        out: np.ndarray = np.maximum(recv, send)
+        return out
 
-    t_now = [0.0] * r
-    for t, ct in enumerate(c):
-        if not hops[t]:
-            t_now = [x + ct for x in t_now]
-            continue
-        rd = ready(t_now, hops[t])
-        if overlap:
-            t_now = [max(t_now[j] + ct, rd[j]) for j in range(r)]
+    for ct, msg in zip(c, hops, strict=True):
+        if msg is None:
+            t_now = t_now + ct
+        elif overlap:
+            t_now = np.maximum(t_now + ct, ready(t_now, msg))
         else:
-            t_now = [max(t_now[j], rd[j]) + ct for j in range(r)]
+            t_now = np.maximum(t_now, ready(t_now, msg)) + ct
     if tail is not None:
         t_now = ready(t_now, tail)
-    return max(t_now)
+    return float(t_now.max())
 
 
-def predict(plan: CallPlan, dev: Device, links: Links, overlap: bool = True) -> Prediction:
-    """Modelled time of one usp_attention call, forward and backward, for the slowest rank."""
+@dataclass(frozen=True)
+class Comm:
+    """The communication of one call on given links: the all-to-all seconds and, per distinct
+    ring group, the message seconds of each step (what `predict` needs besides compute)."""
+
+    a2a_s: float
+    rings: tuple[tuple[Messages, Messages, np.ndarray | None], ...]  # forward, backward, delivery
+
+
+def comm(plan: CallPlan, links: Links) -> Comm:
     if links.ranks_per_node != plan.ranks_per_node:
         raise ValueError(
             f"plan is for {plan.ranks_per_node} ranks per node, links for {links.ranks_per_node}"
         )
-    a2a = 2 * _a2a_time(plan.a2a_q, plan, links) + 2 * _a2a_time(plan.a2a_kv, plan, links)
     # q, k, v and out (forward); d(out), dq, dk, dv (backward)
-    c_fwd = [f / dev.fwd_flops + calls * dev.call_s for f, calls in plan.work]
-    c_bwd = [BWD_FLOPS_FACTOR * f / dev.bwd_flops + calls * dev.call_s for f, calls in plan.work]
+    a2a = 2 * _a2a_time(plan.a2a_q, plan, links) + 2 * _a2a_time(plan.a2a_kv, plan, links)
     last = plan.lay.ring - 1
-    fwd_ring = bwd_ring = fwd_comm = bwd_comm = 0.0
+    rings = []
     for tiers in plan.hop_tiers:
-
-        def hop(nbytes: int, tiers: tuple[str, ...] = tiers) -> list[float]:
-            # hop j arrives at ring rank j from j − 1, over the tier of hop j − 1
-            return [nbytes / links.bw(tiers[j - 1]) + links.lat(tiers[j - 1]) for j in range(len(tiers))]
-
-        fwd_msgs = [hop(plan.kv_block) if t < last else [] for t in range(plan.lay.ring)]
+        # hop j arrives at ring rank j from j − 1, over the tier of hop j − 1
+        inv_bw = np.array([1 / links.bw(tiers[j - 1]) for j in range(len(tiers))])
+        lat = np.array([links.lat(tiers[j - 1]) for j in range(len(tiers))])
+        fwd: Messages = [plan.kv_block * inv_bw + lat if t < last else None for t in range(plan.lay.ring)]
         # backward: K/V while t < last, the travelling fp32 dK/dV from t = 2, a delivery at the end
-        bwd_msgs = [
-            hop((plan.kv_block if t < last else 0) + (plan.dkv_block if t >= 2 else 0))
+        bwd: Messages = [
+            ((plan.kv_block if t < last else 0) + (plan.dkv_block if t >= 2 else 0)) * inv_bw + lat
             if t < last or t >= 2
-            else []
+            else None
             for t in range(plan.lay.ring)
         ]
-        tail = hop(plan.dkv_block) if last else None
-        fwd_ring = max(fwd_ring, _ring_pass(c_fwd, fwd_msgs, None, overlap))
-        bwd_ring = max(bwd_ring, _ring_pass(c_bwd, bwd_msgs, tail, overlap))
-        fwd_comm = max(fwd_comm, sum(max(m) for m in fwd_msgs if m))
-        bwd_comm = max(bwd_comm, sum(max(m) for m in bwd_msgs if m) + (max(tail) if tail else 0.0))
+        rings.append((fwd, bwd, plan.dkv_block * inv_bw + lat if last else None))
+    return Comm(a2a, tuple(rings))
+
+
+def predict(
+    plan: CallPlan, dev: Device, links: Links, overlap: bool = True, cm: Comm | None = None
+) -> Prediction:
+    """Modelled time of one usp_attention call, forward and backward, for the slowest rank
+    (`cm`: comm(plan, links), passed in when predicting the same call for many devices)."""
+    cm = cm or comm(plan, links)
+    c_fwd = [f / dev.fwd_flops + calls * dev.call_s for f, calls in plan.work]
+    c_bwd = [BWD_FLOPS_FACTOR * f / dev.bwd_flops + calls * dev.call_s for f, calls in plan.work]
+    fwd_ring = bwd_ring = fwd_comm = bwd_comm = 0.0
+    for fwd, bwd, tail in cm.rings:
+        fwd_ring = max(fwd_ring, _ring_pass(c_fwd, fwd, None, overlap))
+        bwd_ring = max(bwd_ring, _ring_pass(c_bwd, bwd, tail, overlap))
+        fwd_comm = max(fwd_comm, sum(float(m.max()) for m in fwd if m is not None))
+        delivery = float(tail.max()) if tail is not None else 0.0
+        bwd_comm = max(bwd_comm, sum(float(m.max()) for m in bwd if m is not None) + delivery)
+    a2a = cm.a2a_s
     return Prediction(a2a + fwd_ring, a2a + bwd_ring, a2a + fwd_comm, a2a + bwd_comm, sum(c_fwd), sum(c_bwd))
 
 
@@ -314,13 +336,13 @@ def attention_time(
 Sample = tuple[CallPlan, Links, bool, float]  # plan, links, overlap, measured fwd+bwd seconds
 
 
-def _loss(dev: Device, samples: list[Sample], delta: float = 0.05) -> float:
+def _loss(dev: Device, samples: list[tuple[Sample, Comm]], delta: float = 0.05) -> float:
     """Soft-L1 of e = log(predicted / measured): e²/2 near 0, |e| beyond ~delta. Relative, and
     robust to a run that a burst of other work on the machine slowed down (a squared loss
     would bend the fit towards it), yet smooth for the search."""
     total = 0.0
-    for plan, links, overlap, seconds in samples:
-        p = predict(plan, dev, links, overlap)
+    for (plan, links, overlap, seconds), cm in samples:
+        p = predict(plan, dev, links, overlap, cm)
         e = math.log((p.fwd_s + p.bwd_s) / seconds) / delta
         total += math.sqrt(1 + e * e) - 1
     return total
@@ -334,20 +356,23 @@ def fit_device(name: str, samples: list[Sample]) -> Device:
     if not samples:
         raise ValueError(f"fit_device({name}): no samples")
 
-    def loss(rc: tuple[float, float]) -> float:
-        return _loss(Device(name, rc[0], rc[0], rc[1]), samples)
+    with_comm = [(sm, comm(sm[0], sm[1])) for sm in samples]
 
-    calls = [0.0] + [10 ** (-6 + j / 3) for j in range(16)]  # 0, 1 µs .. 100 ms
-    best = min(
-        ((10 ** (7 + i / 12), c) for i in range(73) for c in calls), key=loss
-    )  # 10 MFLOP/s .. 10 TFLOP/s
-    step = 2.0
-    while step > 1.001:
+    def loss(rc: tuple[float, float]) -> float:
+        return _loss(Device(name, rc[0], rc[0], rc[1]), with_comm)
+
+    calls = [0.0] + [10.0**-j for j in range(1, 7)]  # 0, 1 µs .. 100 ms
+    rates = [10 ** (7 + i / 3) for i in range(19)]  # 10 MFLOP/s .. 10 TFLOP/s
+    best = min(((f, c) for f in rates for c in calls), key=loss)
+    step, here = 2.0, loss(best)
+    for _ in range(100):  # bounded: a flat direction (no cost per call) must not creep forever
+        if step < 1.001:
+            break
         moves = [(best[0] * a, max(best[1], 1e-7) * b if b != 1 else best[1]) for a in (1 / step, 1, step)
                  for b in (1 / step, 1, step)]  # fmt: skip
         new = min(moves, key=loss)
-        if loss(new) < loss(best):
-            best = new
+        if (there := loss(new)) < here * (1 - 1e-6):
+            best, here = new, there
         else:
             step = step**0.5
     return Device(name, best[0], best[0], best[1])

@@ -121,7 +121,7 @@ def run_config(plan: Plan, nodes: int, t0: float) -> dict[str, Any]:
         with RankPool(sim, timeout=plan.timeout) as pool:
             _log(t0, "ranks up, gloo bound to each rank's veth")
             g = net.ranks_per_node
-            pairs = {"intra_node": (0, 1), "inter_node": (g - 1, g)}
+            pairs = {"intra_node": (0, 1), "inter_node": (g - 1, g)} if g > 1 else {"inter_node": (0, 1)}
             for ratio in ratios:
                 sim.set_rates(plan.fast_mbs, ratio)
                 jobs = _jobs_at(plan, net, ratio)
@@ -131,7 +131,7 @@ def run_config(plan: Plan, nodes: int, t0: float) -> dict[str, Any]:
                 a2a = a2a_probes(net.world, g, plan.fast_mbs, slow, any(j.ulysses > g for j in jobs))
                 a2a_times = pool.run(probe_a2a, a2a, PROBE_REPS)
                 barrier = pool.run(barrier_seconds, PROBE_REPS)
-                links = links_from_probe(probe, sizes, (a2a, a2a_times), barrier, g)
+                links = links_from_probe(probe, sizes, (a2a, a2a_times), barrier, g, plan.fast_mbs * 1e6)
                 out["links"][str(ratio)] = asdict(links)
                 res = pool.run(measure, jobs, plan.shape, plan.iters, net.nodes_of_ranks(), plan.budget_s)
                 out["runs"] += [

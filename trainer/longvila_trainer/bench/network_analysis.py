@@ -49,16 +49,17 @@ def links_from_probe(
     a2a: tuple[list[tuple[int, int]], list[list[list[float]]]],
     barrier: list[list[float]],
     g: int,
+    fast_bps: float,
 ) -> Links:
     """Goodput and per-message latency per tier, from rank 0's timings of two message sizes
     (median of the repetitions, less the median time of an empty barrier pair). Goodput from
     the difference of the two sizes when it is clear, else from the larger alone (and then
-    no latency). The all-to-all's rate per peer
-    and tier from probe_a2a's (its inside-the-node group alone; the all-ranks group is
-    dominated by its cross-node peers)."""
+    no latency); inside a node of one rank, nothing to probe: the configured rate. The
+    all-to-all's rate per peer and tier from probe_a2a's (its inside-the-node group alone;
+    the all-ranks group is dominated by its cross-node peers)."""
     base = statistics.median(barrier[0])
-    fit = {}
-    for tier in ("intra_node", "inter_node"):
+    fit = {"intra_node": (fast_bps, 0.0)}  # stands when a node has one rank (no pair to probe)
+    for tier in probe[0]:
         small, big = sizes[tier]
         t_small, t_big = (max(0.0, statistics.median(ts) - base) for ts in probe[0][tier])
         bw = (big - small) / (t_big - t_small) if t_big > 1.5 * t_small else big / max(t_big, 1e-9)
