@@ -171,7 +171,7 @@ def parse(argv: list[str] | None) -> tuple[Plan, argparse.Namespace]:
     )
     ap.add_argument("--ratios", default="1,4,18,50", help="tier ratios of the table (default configuration)")
     ap.add_argument(
-        "--overlap-ratios", default="4,18", help="ratios where the wait-first ring is measured too"
+        "--overlap-ratios", default="1,4,18", help="ratios where the wait-first ring is measured too"
     )
     ap.add_argument("--seqs", default="1024,2048", help="sequence lengths at the default ratio")
     ap.add_argument(
