@@ -8,12 +8,12 @@ from longvila_trainer.bench.costmodel import (
     Device,
     Layout,
     Links,
-    fit_device,
     plan_call,
     predict,
     ring_next,
     traffic,
 )
+from longvila_trainer.bench.fit import fit_device
 from longvila_trainer.bench.projection import QWEN2_7B, layouts, projection
 
 SHAPE = AttnShape(28, 4, 32, 4)  # the benchmark's: Qwen2-7B heads, head dim scaled down, fp32

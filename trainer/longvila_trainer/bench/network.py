@@ -11,8 +11,9 @@ and 2D (U = ranks per node, R = nodes), with the bytes each rank sent on each ti
 comm layer counted them. For the default configuration (2 nodes) it also reshapes the links
 to every tier ratio of --ratios and measures the ring's overlap (next K/V block posted
 before the current block's compute) against a wait-first variant. Then it calibrates the
-cost model (costmodel.py) on probes of the links and the kernels, reports predicted vs
-measured for every run, and projects to GPU clusters (projection.py: a model).
+cost model (costmodel.py, fit.py) on probes of the links and on the overlapped runs,
+reports predicted vs measured for every run, and projects to GPU clusters (projection.py:
+a model).
 
 Everything it creates lives in anonymous namespaces that the kernel removes when this
 process and its ranks exit, however they exit; `lo` and the host's interfaces are never

@@ -17,12 +17,11 @@ from .costmodel import (
     Device,
     Layout,
     Links,
-    Sample,
-    fit_device,
     plan_call,
     predict,
     traffic,
 )
+from .fit import Sample, fit_device
 from .network_jobs import Job
 
 PROBE_SECONDS = 0.3  # a probe's larger message takes about this long at the configured rate
