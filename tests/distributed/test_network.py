@@ -117,6 +117,7 @@ def test_benchmark_killed_leaves_nothing(sig: signal.Signals) -> None:
     inodes = [int(i) for i in up.split("namespaces up: ")[1].split(",")]
     assert len(inodes) == 3 and holders(inodes)
     p.send_signal(sig)
-    p.communicate(timeout=60)
-    assert p.returncode != 0
-    assert _gone(inodes) == {}
+    # wait for the benchmark, not for EOF on its stderr: a rank still dying holds the pipe
+    assert p.wait(timeout=60) != 0
+    p.stderr.close()
+    assert _gone(inodes, 60) == {}  # a loaded machine may take a while to reap the ranks
