@@ -40,6 +40,7 @@ from longvila_trainer.bench.attention import Shape, max_seq_table
 from longvila_trainer.bench.costmodel import AttnShape, Layout, traffic
 from longvila_trainer.check_attention import Case, CaseResult, attention_worker, evaluate, run_cases
 from longvila_trainer.check_attention import main as check_attention_main
+from longvila_trainer.parallel.comm import Group
 from longvila_trainer.parallel.groups import SPGroups, build_groups, single_process_groups
 from longvila_trainer.parallel.spawn import run_gloo
 from longvila_trainer.parallel.token_layout import plan_tokens
@@ -261,8 +262,9 @@ def world_worker(rank: int, world: int, cases: list[Case]) -> dict[str, Any]:
         start = sum(A2A_SIZES[:rank])
         x = full[start : start + A2A_SIZES[rank]].clone().requires_grad_()
         meter = CommMeter()
-        y = seq_all_to_all(x, dist.group.WORLD, rank, to_seq=True, meter=meter)  # sizes by all-gather
-        back = seq_all_to_all(y, dist.group.WORLD, rank, to_seq=False, sizes=A2A_SIZES, meter=meter)
+        world_group = Group(dist.group.WORLD, torch.device("cpu"), "world")
+        y = seq_all_to_all(x, world_group, rank, to_seq=True, meter=meter)  # sizes by all-gather
+        back = seq_all_to_all(y, world_group, rank, to_seq=False, sizes=A2A_SIZES, meter=meter)
         (y * weight[:, rank : rank + 1]).sum().backward()  # d/dx of Σ_u <y_u, W[:, u]> is W
         # ring-only (R = 4) traffic as counted by the comm layer, forward and backward
         t = plan_tokens([64], 1, 4, "zigzag")
@@ -481,7 +483,7 @@ def test_check_attention_cli_rejects(over: dict[str, str], needle: str, capsys: 
 # ---------------------------------------------------------------- opt-in GPU
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("name", ["sdpa", "flash_attn"])
+@pytest.mark.parametrize("name", ["sdpa", "sdpa_efficient", "flash_attn"])
 def test_cuda_kernels_match_math(name: str) -> None:
     if name == "flash_attn":
         pytest.importorskip("flash_attn")

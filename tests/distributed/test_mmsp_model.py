@@ -119,7 +119,7 @@ def _check_layouts(rank: int, world: int, layouts: list[tuple[int, int]]) -> lis
                 parts.loss.backward()
                 sum_gradients(model.parameters(), gradient_group(groups))
                 total = parts.loss.detach().clone()
-                dist.all_reduce(total, group=groups.sp)
+                dist.all_reduce(total, group=groups.sp.pg)
                 ref_loss, ref_grads = refs[name]
                 worst, param, ok = worst_error(grads(model), ref_grads)
                 rows.append(

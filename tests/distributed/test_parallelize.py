@@ -102,6 +102,50 @@ def test_fsdp_and_checkpointing_keep_mmsp_exact() -> None:
             assert r["ok"], (rank, r)
 
 
+def text_only_batch(seed: int = 3) -> PackedBatch:
+    ids = torch.randint(0, TINY.media_token_id, (23,), generator=torch.Generator().manual_seed(seed))
+    return PackedBatch(ids, ids.clone(), (14, 9), ())
+
+
+FROZEN = {"tower": ("vision",), "tower+projector": ("vision", "projector"), "none": ()}
+
+
+def _freeze(model: LongVILA, parts: tuple[str, ...]) -> LongVILA:
+    for part in parts:
+        for p in getattr(model, part).parameters():
+            p.requires_grad_(False)
+    return model
+
+
+def _text_only_worker(rank: int, world: int, frozen: str) -> dict[str, Any]:
+    """dp = 2 under FSDP: rank 0 trains a pack with frames, rank 1 a text-only pack."""
+    packs = [mixed_batch(), text_only_batch()]
+    ref_model = _freeze(build_longvila(TINY, seed=0), FROZEN[frozen])
+    parts = [ref_model(b, single_process_groups(), "contiguous") for b in packs]
+    ref_loss = sum(p.loss_sum for p in parts) / sum(p.n_targets for p in parts)
+    ref_loss.backward()
+    ref = _full_grads(ref_model)
+
+    groups = build_groups(ParallelLayout(world), check_hosts=False)
+    model = _freeze(build_longvila(TINY, seed=0), FROZEN[frozen])
+    model = parallelize(model, groups, ParallelizeOptions())
+    mine = model(packs[rank], groups, "zigzag")
+    mine.loss.backward()
+    total = mine.loss.detach().clone()
+    dist.all_reduce(total)
+    got = _full_grads(model)
+    bad = [k for k, r in ref.items() if float((got[k] - r).abs().max()) > RTOL * float(r.abs().max()) + ATOL]
+    return {"loss_err": abs(float(total) - float(ref_loss)) / float(ref_loss), "bad": bad[:5]}
+
+
+@pytest.mark.parametrize("frozen", ["tower", "tower+projector", "none"])
+def test_a_text_only_pack_beside_frames_does_not_hang_fsdp(frozen: str) -> None:
+    """Before the fix the text-only rank skipped the vision tower, whose FSDP all-gathers the
+    other rank ran: both waited forever (here: the timeout)."""
+    for rank, r in enumerate(run_gloo(_text_only_worker, 2, frozen, timeout=240)):
+        assert r["loss_err"] < 1e-5 and not r["bad"], (rank, r)
+
+
 def test_bf16_is_refused_on_cpu() -> None:
     with pytest.raises(ValueError, match="bf16"):
         parallelize(

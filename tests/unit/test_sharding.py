@@ -16,8 +16,10 @@ from longvila_trainer.sharding.frames import (
     IGNORE_INDEX,
     FusedSequence,
     expand_media,
+    frame_runs,
     gather_frame_tokens,
     split_frames,
+    tower_calls,
 )
 from longvila_trainer.sharding.targets import (
     count_targets,
@@ -46,6 +48,16 @@ def test_split_frames_is_contiguous_and_balanced(n_frames: int, sp: int) -> None
     sizes = [len(r) for r in ranges]
     assert max(sizes) - min(sizes) <= 1
     assert sizes == sorted(sizes, reverse=True)  # the extra frames go to the first ranks
+
+
+def test_tower_calls_count_runs_of_equal_frame_sizes_per_rank() -> None:
+    a, b = (3, 56, 56), (3, 42, 70)
+    assert frame_runs([]) == 0 and frame_runs([a, a, a]) == 1 and frame_runs([a, b, a]) == 3
+    assert tower_calls([], 4) == 0
+    assert tower_calls([a] * 5 + [b], 1) == 2  # one rank: two runs
+    assert tower_calls([a] * 5 + [b], 2) == 2  # ranks 0 [a a a] and 1 [a a b]
+    assert tower_calls([a] * 5 + [b], 4) == 1  # [a a] [a a] [a] [b]
+    assert tower_calls([a, b], 8) == 1  # six ranks encode nothing but still call the tower once
 
 
 def test_gather_frame_tokens_single_process_checks_counts() -> None:

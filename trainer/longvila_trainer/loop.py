@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from longvila_contract.config import TrainConfig
 from torch import nn
 from torch.distributed.tensor import DTensor
 
 from .model.longvila import LongVILA, PackedBatch
+from .parallel import comm
 from .parallel.groups import SPGroups
 from .parallel.token_layout import Kind
 from .sharding.targets import gradient_group, sum_gradients
@@ -125,7 +125,9 @@ def train_step(
     for g in optimizer.param_groups:
         g["lr"] = lr
     optimizer.zero_grad(set_to_none=True)
-    loss_sum, n_targets, tokens = torch.zeros((), dtype=torch.float64), 0, 0
+    # The loss stays on the device until the one read for the log line (no sync per micro-step).
+    loss_sum = torch.zeros((), dtype=torch.float64, device=groups.device)
+    n_targets, tokens = 0, 0
     for _ in range(accum):
         batch = next(batches)
         parts = model(batch, groups, kind)
@@ -147,11 +149,10 @@ def train_step(
 def step_stats(
     loss_sum: float, n_targets: int, tokens: int, groups: SPGroups, norm: float, lr: float
 ) -> StepStats:
-    """Logging only: the step's loss and tokens over the world (each SP group counts its batch once)."""
-    counts = torch.tensor([loss_sum, tokens / groups.layout.sp], dtype=torch.float64)
-    if dist.is_initialized() and groups.layout.world > 1:
-        dist.all_reduce(counts)
-    return StepStats(float(counts[0]) / max(n_targets, 1), n_targets, round(float(counts[1])), norm, lr)
+    """Logging only: the step's loss and tokens over the world (each SP group counts its batch
+    once), summed as host metadata over the world's CPU (gloo) group."""
+    loss, rows = comm.host_all_reduce([loss_sum, tokens / groups.layout.sp], groups.host.world)
+    return StepStats(loss / max(n_targets, 1), n_targets, round(rows), norm, lr)
 
 
 # -- metrics ----------------------------------------------------------------------------------
@@ -165,12 +166,11 @@ def memory_mib(device: torch.device) -> dict[str, float]:
     return out
 
 
-def max_over_ranks(values: dict[str, float], world: int) -> dict[str, float]:
-    if world == 1 or not dist.is_initialized():
-        return values
-    t = torch.tensor(list(values.values()), dtype=torch.float64)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return dict(zip(values, t.tolist(), strict=True))
+def max_over_ranks(values: dict[str, float], groups: SPGroups) -> dict[str, float]:
+    """The largest value of each figure over the world (host metadata, CPU group)."""
+    return dict(
+        zip(values, comm.host_all_reduce(list(values.values()), groups.host.world, "max"), strict=True)
+    )
 
 
 def step_record(

@@ -6,7 +6,8 @@ addressed by the global ranks in SPGroups.ring_ranks. Every call records the byt
 rank puts on the wire in an optional CommMeter, so the benchmark reports measured traffic,
 not a formula; given the node of every rank, the meter also splits the bytes by tier
 (inside a node / across nodes) and adds up the host seconds spent blocked in each kind.
-A group of None means a single member: nothing is sent.
+A group of None means a single member: nothing is sent. The transfers themselves go
+through parallel/comm.py, which refuses a tensor off the group's device.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+from ..parallel import comm
+from ..parallel.comm import Group
 
 TIERS = ("intra_node", "inter_node")
 
@@ -65,7 +69,7 @@ def all_to_all(
     x: Tensor,
     send_sizes: list[int],
     recv_sizes: list[int],
-    group: dist.ProcessGroup | None,
+    group: Group | None,
     meter: CommMeter | None = None,
 ) -> Tensor:
     """Exchanges row blocks along dim 0: rows [Σsend[:j], Σsend[:j+1]) go to group rank j, and
@@ -75,27 +79,25 @@ def all_to_all(
     x = x.contiguous()
     out = x.new_empty((sum(recv_sizes), *x.shape[1:]))
     t0 = time.perf_counter()
-    dist.all_to_all_single(out, x, recv_sizes, send_sizes, group=group)
+    comm.all_to_all_single(out, x, recv_sizes, send_sizes, group)
     if meter is not None:
         meter.blocked_s["all_to_all"] += time.perf_counter() - t0
-        me = dist.get_rank(group)
+        me = group.rank
         row = x[0].numel() * x.element_size() if x.shape[0] else 0
         to: list[tuple[int, int]] = []
         if meter.node_of:
-            peers = dist.get_process_group_ranks(group)  # group rank -> global rank
+            peers = dist.get_process_group_ranks(group.pg)  # group rank -> global rank
             to = [(peers[j], n * row) for j, n in enumerate(send_sizes) if j != me]
         meter.record("all_to_all", (sum(send_sizes) - send_sizes[me]) * row, to)  # own block stays local
     return out
 
 
-def all_gather_sizes(n: int, group: dist.ProcessGroup | None, device: torch.device) -> list[int]:
+def all_gather_sizes(n: int, group: Group | None) -> list[int]:
     """Every group member's n, in group-rank order (for shards of unknown, uneven length)."""
     if group is None:
         return [n]
-    t = torch.tensor([n], dtype=torch.long, device=device)
-    out = [torch.zeros_like(t) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(out, t, group=group)
-    return [int(o.item()) for o in out]
+    t = torch.tensor([n], dtype=torch.long, device=group.device)
+    return [int(o.item()) for o in comm.all_gather(t, group)]
 
 
 class RingShift:
@@ -106,7 +108,7 @@ class RingShift:
     """
 
     def __init__(
-        self, ring_ranks: tuple[int, ...], me: int, group: dist.ProcessGroup | None, meter: CommMeter | None
+        self, ring_ranks: tuple[int, ...], me: int, group: Group | None, meter: CommMeter | None
     ) -> None:
         n = len(ring_ranks)
         self.next, self.prev = ring_ranks[(me + 1) % n], ring_ranks[(me - 1) % n]
@@ -120,21 +122,21 @@ class RingShift:
             raise RuntimeError("RingShift.start called twice without wait")
         if self.group is None or not tensors:
             return list(tensors)
-        # Receives are posted before sends: gloo's TCP pair tells the sender "ready to receive"
-        # in band, so a receive posted after a send of the same pair queues that notice behind
-        # the whole outgoing message and the opposite transfer starts only when ours is through
-        # (measured on a shaped link: 2x the time of one transfer; bench.network).
-        recvs = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in tensors]
-        ops = [dist.P2POp(dist.irecv, r, self.prev, group=self.group, tag=tag) for tag, r in enumerate(recvs)]
+        # Receives are posted before sends (parallel/comm.isend_irecv): gloo's TCP pair tells the
+        # sender "ready to receive" in band, so a receive posted after a send of the same pair
+        # queues that notice behind the whole outgoing message and the opposite transfer starts
+        # only when ours is through (measured on a shaped link: 2x one transfer; bench.network).
+        sends, recvs = [], []
         for tag, t in enumerate(tensors):
             t = t.contiguous()
-            ops.append(dist.P2POp(dist.isend, t, self.next, group=self.group, tag=tag))
+            sends.append((t, self.next, tag))
+            recvs.append((torch.empty_like(t, memory_format=torch.contiguous_format), self.prev, tag))
             self._keep.append(t)
             if self.meter is not None:
                 n = t.numel() * t.element_size()
                 self.meter.record("p2p", n, [(self.next, n)])
-        self._works = dist.batch_isend_irecv(ops)
-        return recvs
+        self._works = comm.isend_irecv(sends, recvs, self.group)
+        return [r for r, _, _ in recvs]
 
     def wait(self) -> None:
         t0 = time.perf_counter()

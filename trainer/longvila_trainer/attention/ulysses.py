@@ -18,17 +18,17 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from longvila_contract.layout import LayoutError
 from torch import Tensor
 
+from ..parallel.comm import Group
 from .comm import CommMeter, all_gather_sizes, all_to_all
 from .context import AttentionContext
 from .ring import ring_core
 
 
 def _scatter_heads(
-    x: Tensor, sizes: list[int], me: int, group: dist.ProcessGroup | None, meter: CommMeter | None
+    x: Tensor, sizes: list[int], me: int, group: Group | None, meter: CommMeter | None
 ) -> Tensor:
     """[S_me, H, D] -> [Σ sizes, H/U, D]."""
     u = len(sizes)
@@ -38,7 +38,7 @@ def _scatter_heads(
 
 
 def _gather_heads(
-    y: Tensor, sizes: list[int], me: int, group: dist.ProcessGroup | None, meter: CommMeter | None
+    y: Tensor, sizes: list[int], me: int, group: Group | None, meter: CommMeter | None
 ) -> Tensor:
     """[Σ sizes, h, D] -> [S_me, U·h, D]."""
     u, s = len(sizes), sizes[me]
@@ -56,7 +56,7 @@ class SeqAllToAll(torch.autograd.Function):
         x: Tensor,
         sizes: list[int],
         me: int,
-        group: dist.ProcessGroup | None,
+        group: Group | None,
         meter: CommMeter | None,
         to_seq: bool,
     ) -> Tensor:
@@ -72,7 +72,7 @@ class SeqAllToAll(torch.autograd.Function):
 
 def seq_all_to_all(
     x: Tensor,
-    group: dist.ProcessGroup | None,
+    group: Group | None,
     me: int,
     to_seq: bool,
     sizes: list[int] | None = None,
@@ -85,7 +85,7 @@ def seq_all_to_all(
     if sizes is None:
         if not to_seq:
             raise ValueError("the inverse all-to-all needs the shard sizes of the forward one")
-        sizes = all_gather_sizes(x.shape[0], group, x.device)
+        sizes = all_gather_sizes(x.shape[0], group)
     out: Tensor = SeqAllToAll.apply(x, sizes, me, group, meter, to_seq)
     return out
 

@@ -31,6 +31,7 @@ from torch.distributed.checkpoint.filesystem import FileSystemReader, FileSystem
 from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
+from ..parallel import comm
 from .s3 import Storage, StorageError, file_digest, open_storage
 
 log = logging.getLogger(__name__)
@@ -89,16 +90,12 @@ class CheckpointStore:
     def _gather(self, obj: Any) -> list[Any]:
         if not dist.is_initialized():
             return [obj]
-        out: list[Any] = [None] * dist.get_world_size(self.group)
-        dist.all_gather_object(out, obj, group=self.group)
-        return out
+        return comm.all_gather_object(obj, self.group)
 
     def _from_rank0(self, obj: Any) -> Any:
         if not dist.is_initialized():
             return obj
-        box = [obj]
-        dist.broadcast_object_list(box, group=self.group, group_src=0)
-        return box[0]
+        return comm.broadcast_object(obj, self.group, src=0)
 
     def _check_all(self, error: str | None) -> None:
         """Raises on every rank if any rank failed, so nobody waits in a later collective."""

@@ -24,9 +24,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 
 from ..model.longvila import LongVILA, PackedBatch
+from ..parallel import comm
+from ..parallel.comm import Group
 from ..parallel.groups import SPGroups
 from ..parallel.token_layout import Kind, TokenLayout
 from ..sharding.frames import IGNORE_INDEX
@@ -61,14 +62,15 @@ def prefill(model: LongVILA, batch: PackedBatch, groups: SPGroups, kind: Kind = 
     x = model.shard_inputs(batch, groups, kind)
     tokens, targets = x.tokens, x.targets
     rows = wanted_rows(targets, tokens)
-    local = model.lm_logits(x, groups, rows[groups.sp_rank]).float()  # [n_mine, V]
+    local = model.lm_logits(x, groups, rows[groups.sp_rank]).float()  # [n_mine, V], device
     per_rank = _gather_rows(local, [len(r) for r in rows], groups.sp)  # sp × [n_s, V]
 
-    # Back to sequence order: each row's padded global position, sorted.
+    # Back to sequence order (on the host, where the scoring reads it): each row's padded
+    # global position, sorted.
     where = torch.cat([tokens.shard_index(s)[r] for s, r in enumerate(rows)])  # [n]
     owner = torch.cat([torch.full((len(r),), s) for s, r in enumerate(rows)])  # [n]
     order = torch.argsort(where)
-    logits = torch.cat(per_rank)[order]  # [n, V]
+    logits = torch.cat(per_rank).cpu()[order]  # [n, V]
     return Prefill(
         logits,
         targets[where[order]],
@@ -77,15 +79,12 @@ def prefill(model: LongVILA, batch: PackedBatch, groups: SPGroups, kind: Kind = 
     )
 
 
-def _gather_rows(
-    local: torch.Tensor, counts: list[int], group: dist.ProcessGroup | None
-) -> list[torch.Tensor]:
+def _gather_rows(local: torch.Tensor, counts: list[int], group: Group | None) -> list[torch.Tensor]:
     """All-gather of [n_s, V] row blocks of known, unequal sizes (padded to the largest)."""
     if group is None:
         return [local]
     width = max(max(counts), 1)
     padded = local.new_zeros(width, local.shape[1])  # [width, V]
     padded[: local.shape[0]] = local
-    everyone = [torch.empty_like(padded) for _ in counts]
-    dist.all_gather(everyone, padded, group=group)
+    everyone = comm.all_gather(padded, group)
     return [block[:n] for block, n in zip(everyone, counts, strict=True)]

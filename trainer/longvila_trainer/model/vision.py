@@ -42,6 +42,15 @@ class VisionTower(nn.Module):
             patch = int(patch[0])
         self.patch_size = patch
         self.hidden_size = int(model.config.hidden_size)
+        self.image_size = int(model.config.image_size)  # type: ignore[arg-type]  # pre-training side
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype frames enter in: the patch embedding's (bf16 inside an FSDP2 mixed-precision
+        forward, where the parameters are the all-gathered compute copies)."""
+        inner = getattr(self.model, "vision_model", self.model)
+        weight: torch.Tensor = inner.embeddings.patch_embedding.weight
+        return weight.dtype
 
     def grid(self, frames: torch.Tensor) -> tuple[int, int]:
         """Patch grid (h, w) of frames [B, 3, H, W]."""

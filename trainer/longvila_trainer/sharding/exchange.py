@@ -17,12 +17,13 @@ with no autograd kernel, which silently drops the gradient of every row that cha
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
+from ..parallel import comm
+from ..parallel.comm import Group
 from ..parallel.token_layout import TokenLayout
 from .frames import FusedSequence
 
@@ -43,6 +44,13 @@ class ShardPlan:
     @property
     def length(self) -> int:
         return int(self.global_index.numel())
+
+    def to(self, device: torch.device) -> ShardPlan:
+        """The plan with every index on `device`: it is planned on the host (data-dependent
+        index arithmetic) and used there by the embedding, the row exchange and RoPE."""
+        moved = {f.name: getattr(self, f.name).to(device) for f in fields(self)
+                 if isinstance(getattr(self, f.name), torch.Tensor)}  # fmt: skip
+        return replace(self, **moved)
 
 
 def plan_shard(seq: FusedSequence, tokens: TokenLayout, sp_rank: int) -> ShardPlan:
@@ -103,7 +111,7 @@ class _ExchangeRows(torch.autograd.Function):
         rows: torch.Tensor,
         send_counts: tuple[int, ...],
         recv_counts: tuple[int, ...],
-        group: dist.ProcessGroup,
+        group: Group,
     ) -> torch.Tensor:
         ctx.counts = (send_counts, recv_counts)
         ctx.group = group
@@ -116,17 +124,17 @@ class _ExchangeRows(torch.autograd.Function):
 
 
 def _all_to_all(
-    rows: torch.Tensor, send_counts: tuple[int, ...], recv_counts: tuple[int, ...], group: dist.ProcessGroup
+    rows: torch.Tensor, send_counts: tuple[int, ...], recv_counts: tuple[int, ...], group: Group
 ) -> torch.Tensor:
     out = rows.new_empty((sum(recv_counts), *rows.shape[1:]))  # [n_in, C]
-    dist.all_to_all_single(out, rows.contiguous(), list(recv_counts), list(send_counts), group=group)
-    return out
+    return comm.all_to_all_single(out, rows.contiguous(), list(recv_counts), list(send_counts), group)
 
 
 def exchange_rows(
-    encoded: torch.Tensor, plan: ShardPlan, group: dist.ProcessGroup | None, needs_grad: bool
+    encoded: torch.Tensor, plan: ShardPlan, group: Group | None, needs_grad: bool
 ) -> torch.Tensor:
     """This rank's encoder rows [n_local, C] → the visual rows of its shard [n_in, C].
+    `plan` must be on the rows' device (ShardPlan.to).
 
     `needs_grad` must be the same on every rank of the group (derive it from which
     parameters train, not from this rank's data): a rank that encoded no frames still has

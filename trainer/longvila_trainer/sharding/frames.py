@@ -7,17 +7,21 @@ vision tower and projector only on its own frames (../../../docs/mmsp.md).
 
 A frame's token count is read from the encoder output and all-gathered (a handful of
 ints), never assumed from a constant: the reference derives positions from
-`tokens_per_image` and breaks when the real count differs (NVlabs/VILA #249). With the
-counts known, `expand_media` lays out the fused global sequence in metadata, identically
-on every rank: each media placeholder token becomes its frame's rows.
+`tokens_per_image` and breaks when the real count differs (NVlabs/VILA #249). The counts
+are host metadata: read from the output's shape (no wait for the GPU) and exchanged over
+the SP group's CPU (gloo) twin. With the counts known, `expand_media` lays out the fused
+global sequence in metadata, identically on every rank: each media placeholder token
+becomes its frame's rows.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
+
+from ..parallel.comm import Group, host_all_gather_ints
 
 IGNORE_INDEX = -100
 
@@ -35,14 +39,29 @@ def split_frames(n_frames: int, sp: int) -> list[range]:
     return out
 
 
+def frame_runs(shapes: Sequence[tuple[int, ...]]) -> int:
+    """Vision-tower calls that encode these frames: one per run of consecutive equal shapes."""
+    return sum(1 for i, s in enumerate(shapes) if i == 0 or s != shapes[i - 1])
+
+
+def tower_calls(shapes: Sequence[tuple[int, ...]], sp: int) -> int:
+    """The most tower calls any SP rank makes for a batch with frames of these shapes.
+
+    Under FSDP every call of the tower is a round of all-gathers over every rank, so every
+    rank makes this many calls, the ranks with fewer runs (or no frames) on a zero frame.
+    """
+    return max((frame_runs(shapes[r.start : r.stop]) for r in split_frames(len(shapes), sp)), default=0)
+
+
 def gather_frame_tokens(
-    local_counts: list[int], n_frames: int, sp: int, group: dist.ProcessGroup | None
+    local_counts: list[int], n_frames: int, sp: int, group: Group | None
 ) -> tuple[int, ...]:
     """Token count of every frame of the batch, in frame order, on every rank of the group.
 
     `local_counts` are this rank's counts (its frames per `split_frames`), measured from
-    the encoder output. Ranks own different numbers of frames, so the exchange is padded
-    to the largest share: one all-gather of a [sp, max_share] long tensor.
+    the encoder output's shape. `group` is the SP group's host (CPU) twin. Ranks own
+    different numbers of frames, so the exchange is padded to the largest share: one
+    all-gather of a [max_share] long tensor per rank.
     """
     if group is None:
         if len(local_counts) != n_frames:
@@ -50,15 +69,12 @@ def gather_frame_tokens(
         return tuple(local_counts)
     ranges = split_frames(n_frames, sp)
     share = max(len(r) for r in ranges)
-    mine = torch.full((share,), -1, dtype=torch.long)
-    mine[: len(local_counts)] = torch.tensor(local_counts, dtype=torch.long)
-    everyone = [torch.empty_like(mine) for _ in range(sp)]
-    dist.all_gather(everyone, mine, group=group)
+    everyone = host_all_gather_ints(local_counts, share, group)  # sp × [share]
     counts: list[int] = []
     for s, r in enumerate(ranges):
-        got = everyone[s][: len(r)].tolist()
-        if any(c < 0 for c in got) or (everyone[s][len(r) :] != -1).any():
-            raise RuntimeError(f"SP rank {s} reported {everyone[s].tolist()} for frames {r}")
+        got, rest = everyone[s][: len(r)], everyone[s][len(r) :]
+        if any(c < 0 for c in got) or any(c != -1 for c in rest):
+            raise RuntimeError(f"SP rank {s} reported {everyone[s]} for frames {r}")
         counts += got
     return tuple(counts)
 

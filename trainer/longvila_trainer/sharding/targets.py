@@ -19,9 +19,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
+from ..parallel import comm
+from ..parallel.comm import Group
 from ..parallel.groups import SPGroups
 from ..parallel.token_layout import TokenLayout
 from .frames import IGNORE_INDEX
@@ -66,17 +67,22 @@ def count_targets(targets: torch.Tensor) -> int:
     return int((targets != IGNORE_INDEX).sum())
 
 
-def global_target_count(sp_count: int, groups: SPGroups) -> int:
-    """Targets over the whole step: this SP group's count (from metadata), summed over dp.
+def step_counts(n_targets: int, tower_calls: int, groups: SPGroups) -> tuple[int, int]:
+    """(targets of the whole micro-step, vision-tower calls every rank makes), from this SP
+    group's metadata: targets summed over dp, tower calls the most any rank needs.
 
-    Each dp group trains a different batch, so with dp > 1 the counts are all-reduced over
-    the dp group; every rank then divides by the same number.
+    Each dp group trains a different batch, so with dp > 1 the numbers are exchanged over
+    the dp group's host (CPU) twin: numbers the host needs, with no GPU in the way.
     """
-    if groups.dp is None:
-        return sp_count
-    t = torch.tensor([sp_count], dtype=torch.long)
-    dist.all_reduce(t, group=groups.dp)
-    return int(t.item())
+    if groups.host.dp is None:
+        return n_targets, tower_calls
+    rows = comm.host_all_gather_ints([n_targets, tower_calls], 2, groups.host.dp)  # dp × [2]
+    return sum(r[0] for r in rows), max(r[1] for r in rows)
+
+
+def global_target_count(sp_count: int, groups: SPGroups) -> int:
+    """Targets over the whole step: every rank divides by this same number."""
+    return step_counts(sp_count, 0, groups)[0]
 
 
 def loss_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -90,7 +96,7 @@ def loss_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), targets, reduction="sum")
 
 
-def gradient_group(groups: SPGroups) -> dist.ProcessGroup | None:
+def gradient_group(groups: SPGroups) -> Group | None:
     """Where parameter gradients are summed: the SP group, or the world when dp > 1.
 
     None when there is a single process (nothing to do).
@@ -99,10 +105,10 @@ def gradient_group(groups: SPGroups) -> dist.ProcessGroup | None:
         return None
     if groups.layout.dp == 1:
         return groups.sp
-    return dist.group.WORLD
+    return groups.world
 
 
-def sum_gradients(params: Iterable[torch.nn.Parameter], group: dist.ProcessGroup | None) -> None:
+def sum_gradients(params: Iterable[torch.nn.Parameter], group: Group | None) -> None:
     """All-reduce (SUM) the gradients of trainable parameters, one flat buffer per dtype.
 
     A rank that never touched a parameter (e.g. a rank with no frames and the vision
@@ -119,7 +125,7 @@ def sum_gradients(params: Iterable[torch.nn.Parameter], group: dist.ProcessGroup
         flat = torch.cat(
             [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in bucket]
         )
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+        comm.all_reduce(flat, group)
         parts = torch.split(flat, [p.numel() for p in bucket])
         for p, part in zip(bucket, parts, strict=True):
             p.grad = part.view_as(p).clone()
