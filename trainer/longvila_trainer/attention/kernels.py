@@ -9,14 +9,19 @@ the ring can run it block by block and still get exact gradients.
 Shapes: q [Nq, H, D], k/v [Nk, Hkv, D] with H % Hkv == 0 (query head h uses kv head
 h // (H/Hkv), as transformers' repeat_kv); out [Nq, H, D]; lse [Nq, H] float32.
 
-Backends ("auto" picks by device at call time; nothing is probed at import):
+Backends ("auto" picks by device and dtype at call time; nothing is probed at import):
 - "flash_attn": flash-attn's varlen kernels (GPU, fp16/bf16), one call per pass.
-- "sdpa": PyTorch's CUDA flash kernel through its aten op (returns the LSE), per problem.
+- "sdpa": PyTorch's CUDA flash kernel through its aten op (returns the LSE), per problem;
+  fp16/bf16, head dim ≤ 256.
+- "sdpa_efficient": PyTorch's CUDA memory-efficient kernel through its aten op (returns
+  the LSE, padded to a multiple of 32 rows), per problem; also fp32.
 - "cpu_flash": aten._scaled_dot_product_flash_attention_for_cpu and its backward. In this
   torch build it does accept a float attn_mask, but gives LSE 0 (not −inf) for a fully
   masked row and crashes (SIGFPE) on a zero-length sequence, so we never pass a mask or
   an empty problem; the ring schedule is mask-free by construction.
-- "math": exact masked math in ≥ fp32; also `masked_attention` for arbitrary masks.
+- "math": exact masked math in ≥ fp32; also `masked_attention` for arbitrary masks. It
+  materialises [H, Nq, Nk] scores: O(S²) memory, so "auto" never picks it on a GPU (a 64k
+  piece would need 16 GB per head); ask for it by name to check the others.
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-KERNELS = ("auto", "flash_attn", "sdpa", "cpu_flash", "math")
+KERNELS = ("auto", "flash_attn", "sdpa", "sdpa_efficient", "cpu_flash", "math")
+FLASH_HEAD_DIM = 256  # the largest head dim of the flash kernels (flash-attn 2, SDPA flash)
 
 
 @dataclass(frozen=True)
@@ -268,6 +274,77 @@ class SdpaCudaKernel:
         return dq, dk, dv
 
 
+class SdpaEfficientKernel:
+    """PyTorch's CUDA memory-efficient kernel via aten (fp32/fp16/bf16), per problem.
+
+    Its LSE comes back as [1, H, ⌈Nq/32⌉·32] (rows padded for the kernel's alignment); the
+    backward takes it in that layout, so the final LSE of the ring is padded the same way.
+    The aten op has no GQA, so kv heads are expanded here and their gradients summed.
+    """
+
+    name = "sdpa_efficient"
+    ALIGN = 32
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, seg: Varlen, scale: float) -> tuple[Tensor, Tensor]:
+        out = torch.empty_like(q)
+        lse = q.new_empty((q.shape[0], q.shape[1]), dtype=torch.float32)
+        h = q.shape[1]
+        for q0, q1, k0, k1 in seg.problems:
+            res = torch.ops.aten._scaled_dot_product_efficient_attention(
+                _bhsd(q[q0:q1]),
+                _bhsd(_expand_kv(k[k0:k1], h)),
+                _bhsd(_expand_kv(v[k0:k1], h)),
+                None,
+                True,
+                0.0,
+                seg.causal,
+                scale=scale,
+            )
+            out[q0:q1], lse[q0:q1] = _shd(res[0]), res[1][0, :, : q1 - q0].transpose(0, 1)
+        return out, lse
+
+    def _padded_lse(self, lse: Tensor) -> Tensor:
+        """[n, H] → [1, H, ⌈n/32⌉·32], the layout the backward reads."""
+        n = lse.shape[0]
+        pad = -(-n // self.ALIGN) * self.ALIGN - n
+        return torch.nn.functional.pad(lse.transpose(0, 1), (0, pad)).unsqueeze(0).contiguous()
+
+    def backward(
+        self,
+        dout: Tensor,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        out: Tensor,
+        lse: Tensor,
+        seg: Varlen,
+        scale: float,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        h = q.shape[1]
+        no_rng = torch.empty(0, dtype=torch.int64, device=q.device)  # dropout 0: never read
+        for q0, q1, k0, k1 in seg.problems:
+            g = torch.ops.aten._scaled_dot_product_efficient_attention_backward(
+                _bhsd(dout[q0:q1]).contiguous(),
+                _bhsd(q[q0:q1]).contiguous(),
+                _bhsd(_expand_kv(k[k0:k1], h)).contiguous(),
+                _bhsd(_expand_kv(v[k0:k1], h)).contiguous(),
+                None,
+                _bhsd(out[q0:q1]).contiguous(),
+                self._padded_lse(lse[q0:q1].float()),
+                no_rng,
+                no_rng,
+                0.0,
+                [True, True, True, False],
+                seg.causal,
+                scale=scale,
+            )
+            dq[q0:q1] = _shd(g[0])
+            dk[k0:k1] += _fold_kv(_shd(g[1]), k.shape[1])
+            dv[k0:k1] += _fold_kv(_shd(g[2]), v.shape[1])
+        return dq, dk, dv
+
+
 def _call(fn: Any, **kwargs: Any) -> Any:
     """Calls a flash-attn internal with the keyword arguments its version knows about (they
     gained and renamed arguments across 2.x: window_size became window_size_left/right).
@@ -363,24 +440,40 @@ def _has_flash_attn() -> bool:
     return importlib.util.find_spec("flash_attn") is not None
 
 
+class KernelChoiceError(ValueError):
+    """No attention kernel fits the tensors (device, dtype, head dim); the message says why."""
+
+
+def auto_kernel(device_type: str, dtype: torch.dtype, head_dim: int, flash_attn: bool) -> str:
+    """What "auto" runs (pure). On a GPU never the O(S²) math kernel: flash-attn's varlen
+    kernels, else SDPA's flash kernel, else its memory-efficient one, else an error."""
+    if device_type != "cuda":
+        return "cpu_flash"
+    half = dtype in (torch.float16, torch.bfloat16)
+    if half and head_dim <= FLASH_HEAD_DIM:
+        return "flash_attn" if flash_attn else "sdpa"
+    if dtype in (torch.float32, torch.float16, torch.bfloat16):
+        return "sdpa_efficient"
+    raise KernelChoiceError(
+        f"no GPU attention kernel for {dtype} with head dim {head_dim}: flash-attn and SDPA's flash "
+        f"kernel take fp16/bf16 up to head dim {FLASH_HEAD_DIM}, SDPA's memory-efficient kernel "
+        "fp32/fp16/bf16; train in bf16 (the default on GPU) or name kernel='math' to accept O(S²) memory"
+    )
+
+
 def select_kernel(name: str, q: Tensor) -> Kernel:
-    """The one place a kernel is chosen. "auto": flash-attn on GPU when installed and the
-    dtype is half precision, else SDPA's CUDA flash kernel (half precision) or exact math
-    (fp32 on GPU); aten's CPU flash kernel on CPU (float32/bfloat16/float64)."""
+    """The one place a kernel is chosen ("auto": `auto_kernel`); a named kernel is checked
+    against the device it needs."""
     if name not in KERNELS:
         raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {name!r}")
-    half = q.dtype in (torch.float16, torch.bfloat16)
     if name == "auto":
-        if q.is_cuda:
-            name = "flash_attn" if half and _has_flash_attn() else ("sdpa" if half else "math")
-        else:
-            name = "cpu_flash"
+        name = auto_kernel(q.device.type, q.dtype, q.shape[-1], _has_flash_attn())
     if name == "flash_attn":
         return FlashAttnKernel()
-    if name == "sdpa":
+    if name in ("sdpa", "sdpa_efficient"):
         if not q.is_cuda:
-            raise ValueError("kernel 'sdpa' needs CUDA tensors")
-        return SdpaCudaKernel()
+            raise ValueError(f"kernel {name!r} needs CUDA tensors")
+        return SdpaCudaKernel() if name == "sdpa" else SdpaEfficientKernel()
     if name == "cpu_flash":
         if q.is_cuda:
             raise ValueError("kernel 'cpu_flash' needs CPU tensors")
