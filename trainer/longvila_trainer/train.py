@@ -28,25 +28,26 @@ import torch
 import torch.distributed as dist
 from longvila_contract import env as E
 from longvila_contract.config import ConfigError, TrainerConfig, load_config, with_stage
-from longvila_contract.layout import LayoutError, ParallelLayout, kv_replication
+from longvila_contract.layout import LayoutError, ParallelLayout
 from longvila_contract.model import ModelConfigError, ModelFacts, tokens_per_frame
 from longvila_contract.preflight import Fields, StageInput, preflight
 from longvila_contract.uri import URIError
 from torch.distributed import PrefixStore, TCPStore  # type: ignore[attr-defined]
 
 from . import loop
+from .build import model_for_run
 from .checkpoint.s3 import StorageError
 from .checkpoint.store import CheckpointNotFoundError, CheckpointStore
 from .data.loader import PackedLoader, build_loader, open_stage_data
 from .data.tokenizer import load_tokenizer
 from .engines import Engine, make_engine
 from .fetch import local_copy
-from .model.lora import MERGED, apply_lora, merge_lora_state, plain_names
+from .model.lora import MERGED, merge_lora_state, plain_names
+from .model.materialize import MissingWeightsError
 from .model.presets import PRESETS
-from .model.weights import WeightsError, build_model, model_config
+from .model.weights import WeightsError, model_config
 from .parallel.groups import build_groups
 from .parallel.token_layout import Kind
-from .parallelize import ParallelizeOptions, parallelize
 
 
 class PreflightError(ValueError):
@@ -57,7 +58,7 @@ class PreflightError(ValueError):
 
 
 BAD_INPUT = (ConfigError, E.EnvContractError, LayoutError, WeightsError, URIError, StorageError,
-             CheckpointNotFoundError, FileNotFoundError, PreflightError)  # fmt: skip
+             CheckpointNotFoundError, FileNotFoundError, PreflightError, MissingWeightsError)  # fmt: skip
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -229,25 +230,19 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     else:
         torch.use_deterministic_algorithms(True)  # same seed → same losses, bit for bit
     if layout.world > 1:
-        init_distributed("nccl" if cuda else "gloo", environ)
-    groups = build_groups(layout)
+        init_distributed("nccl" if cuda else "gloo", environ, device if cuda else None)
+    groups = build_groups(layout, device=device)
     rank = groups.rank
     cache = Path(args.cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
+    host = groups.host.world  # checkpoints coordinate over gloo: object collectives, no GPU sync
     store = CheckpointStore.from_uri(
-        job.uri, staging=cache / "staging", keep=cfg.checkpoint.keep, layout=layout
-    )
+        job.uri, staging=cache / "staging", keep=cfg.checkpoint.keep, layout=layout,
+        group=None if host is None else host.pg,
+    )  # fmt: skip
     resume = store.latest_complete()  # also the first S3 call: an unreachable endpoint fails here
     codec = load_tokenizer(cfg.model.tokenizer or cfg.model.llm, lambda uri: local_copy(uri, cache))
-    model = build_model(cfg, codec.media_token_id, cache)
-    llm_cfg = model.llm.config
-    kv_replication(int(llm_cfg.num_attention_heads), int(llm_cfg.num_key_value_heads or 0), layout.ulysses)
-    if t.lora.enabled:
-        apply_lora(model.llm, t.lora, t.seed)
-    loop.set_trainable(model, t)
-    opts = ParallelizeOptions(fsdp=t.engine == "fsdp", precision="bf16" if cuda else "fp32")
-    model = parallelize(model, groups, opts, device.type)
-    model.to(device).train()
+    model = model_for_run(cfg, groups, codec.media_token_id, cache)
     engine = make_engine(model, t, groups, bf16=cuda)
 
     samples = open_stage_data(cfg, codec, cache / "data")
@@ -268,7 +263,7 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         t0, lr = time.perf_counter(), loop.lr_at(step, t, total)
         stats = engine.step(loader, kind=job.kind, accum=accum, lr=lr, tokens_per_frame=tpf)
         step += 1
-        memory = loop.max_over_ranks(loop.memory_mib(device), layout.world)
+        memory = loop.max_over_ranks(loop.memory_mib(device), groups)
         record = loop.step_record(step, total, stats, time.perf_counter() - t0, memory, world=layout.world)
         if rank == 0:
             print(json.dumps(record), flush=True)
@@ -289,12 +284,13 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     return 0
 
 
-def init_distributed(backend: str, environ: Mapping[str, str]) -> None:
+def init_distributed(backend: str, environ: Mapping[str, str], device: torch.device | None = None) -> None:
     """The default group over torchrun's store, under a prefix per restart attempt.
 
     torchrun's c10d rendezvous keeps one store across restarts; without the prefix a
     restarted rank can read a dead rank's address left by the previous attempt and gloo's
-    connectFullMesh fails ("Connection refused").
+    connectFullMesh fails ("Connection refused"). On GPU the group is bound to the rank's
+    device (`device_id`): NCCL initialises eagerly and never guesses a device.
     """
     rank, world = int(environ["RANK"]), int(environ["WORLD_SIZE"])
     agent = environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # the agent hosts it
@@ -302,7 +298,8 @@ def init_distributed(backend: str, environ: Mapping[str, str]) -> None:
     store = TCPStore(environ["MASTER_ADDR"], int(environ["MASTER_PORT"]), world,
                           is_master=rank == 0 and not agent, timeout=timeout, multi_tenant=True)  # fmt: skip
     prefixed = PrefixStore(f"longvila/attempt-{environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
-    dist.init_process_group(backend, store=prefixed, rank=rank, world_size=world, timeout=timeout)
+    dist.init_process_group(backend, store=prefixed, rank=rank, world_size=world, timeout=timeout,
+                            device_id=device)  # fmt: skip
 
 
 def say(rank: int, text: str) -> None:

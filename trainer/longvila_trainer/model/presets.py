@@ -1,7 +1,11 @@
 """Model shapes as data: the transformers config fields of each part, plus VILA's glue.
 
 Nothing here downloads anything. A real run loads the same structure from local or S3
-weights; tests build these tiny shapes with random weights.
+weights; tests build the tiny shape with random weights (`PRESETS`, `model.preset`). The
+real-size shapes (`ARCHITECTURES`: LongVILA-7B's Qwen2-7B + SigLIP-so400m, and a 0.5B
+LLM with the same tower) are read by the memory model, the GPU check and the loading
+benchmark; their configs are those of the published checkpoints (Qwen/Qwen2-7B-Instruct,
+Qwen/Qwen2-0.5B, google/siglip-so400m-patch14-384), written out here.
 """
 
 from __future__ import annotations
@@ -56,3 +60,52 @@ TINY = ModelPreset(
 )
 
 PRESETS: dict[str, ModelPreset] = {p.name: p for p in (TINY,)}
+
+
+# SigLIP-so400m at 384 px: 27 × 27 patches of 14 px, padded to 28 × 28 by the projector → 196
+# tokens per frame. VILA reads layer −2 of 27, so the tower keeps 26 layers.
+SIGLIP_SO400M: dict[str, Any] = {
+    "hidden_size": 1152,
+    "intermediate_size": 4304,
+    "num_hidden_layers": 27,
+    "num_attention_heads": 16,
+    "image_size": 384,
+    "patch_size": 14,
+    "vision_use_head": False,
+}
+
+QWEN2_7B: dict[str, Any] = {
+    "vocab_size": 152064,
+    "hidden_size": 3584,
+    "intermediate_size": 18944,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 28,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 32768,
+    "rope_theta": 1000000.0,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": False,
+    "use_cache": False,
+}
+
+QWEN2_05B: dict[str, Any] = {
+    "vocab_size": 151936,
+    "hidden_size": 896,
+    "intermediate_size": 4864,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 14,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 32768,
+    "rope_theta": 1000000.0,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": True,
+    "use_cache": False,
+}
+
+ARCHITECTURES: dict[str, ModelPreset] = {
+    p.name: p
+    for p in (
+        ModelPreset("qwen2-7b+siglip-so400m", SIGLIP_SO400M, QWEN2_7B, media_token_id=151646),
+        ModelPreset("qwen2-0.5b+siglip-so400m", SIGLIP_SO400M, QWEN2_05B, media_token_id=151646),
+    )
+}

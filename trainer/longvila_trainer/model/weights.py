@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import torch
 from longvila_contract.config import LoraConfig, TrainerConfig
 from longvila_contract.uri import URIError, local_path, parse_uri
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
-from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipVisionModel
+from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel
 
 from ..checkpoint.s3 import open_storage
 from ..checkpoint.store import CheckpointNotFoundError, CheckpointStore
@@ -30,6 +31,7 @@ from ..fetch import local_copy
 from ..hf_attention import register_usp_attention
 from .longvila import LongVILA, build_longvila
 from .lora import apply_lora, merge_lora
+from .materialize import parameters_on_meta
 from .presets import PRESETS
 from .projector import Projector
 from .vision import VisionTower
@@ -78,28 +80,53 @@ def weights_dir(field: str, uri: str, cache: Path | None = None) -> Path:
     return path
 
 
-def build_model(cfg: TrainerConfig, media_token_id: int, cache: Path | None = None) -> LongVILA:
-    """Random tiny weights (`model.preset`, seeded by train.seed) or the weights directories."""
+@dataclass(frozen=True)
+class BuiltModel:
+    """The model as built, and where its parameters' values come from."""
+
+    model: LongVILA  # real (a preset) or with parameters on meta (from weights directories)
+    files: dict[str, Path]  # submodule prefix → HF safetensors directory (materialize reads them)
+
+
+def build_model(cfg: TrainerConfig, media_token_id: int, cache: Path | None = None) -> BuiltModel:
+    """Random tiny weights (`model.preset`, seeded by train.seed, real on the CPU), or the
+    weights directories' architecture on the meta device: its values are read later, shard
+    by shard, by materialize.py (after parallelize), never whole on a rank."""
     rope: dict[str, Any] = {"rope_theta": cfg.train.rope_theta} if cfg.train.rope_theta else {}
     if cfg.model.preset:
         if cfg.model.preset not in PRESETS:
             raise WeightsError(f"model.preset={cfg.model.preset!r}: unknown; available: {', '.join(PRESETS)}")
         preset = PRESETS[cfg.model.preset]
         preset = dataclasses.replace(preset, llm={**preset.llm, **rope})
-        return build_longvila(preset, seed=cfg.train.seed)
+        return BuiltModel(build_longvila(preset, seed=cfg.train.seed), {})
     llm_dir = weights_dir("model.llm", cfg.model.llm, cache)
     tower_dir = weights_dir("model.vision_tower", cfg.model.vision_tower, cache)
-    impl = register_usp_attention()
     config = Qwen2Config.from_pretrained(llm_dir, local_files_only=True)
     if cfg.train.rope_theta:  # transformers 5 keeps the base in rope_parameters, not a kwarg
         config.rope_parameters = {**(config.rope_parameters or {}), "rope_theta": cfg.train.rope_theta}
-    llm = Qwen2ForCausalLM.from_pretrained(
-        llm_dir, config=config, local_files_only=True, attn_implementation=impl
-    )
-    siglip = SiglipVisionModel.from_pretrained(tower_dir, local_files_only=True)
-    tower = VisionTower(siglip)
+    tower_config = SiglipVisionConfig.from_pretrained(tower_dir, local_files_only=True)
+    tower_config.vision_use_head = False  # VILA reads patch features; the head's tensors stay unread
+    for directory, field in ((llm_dir, "model.llm"), (tower_dir, "model.vision_tower")):
+        if not any(directory.glob("*.safetensors")):
+            raise WeightsError(
+                f"{field}: no *.safetensors in {directory} (convert .bin weights to safetensors)"
+            )
+    model = build_on_meta(config, tower_config, media_token_id, cfg.train.seed)
+    return BuiltModel(model, {"llm": llm_dir, "vision.model": tower_dir})
+
+
+def build_on_meta(
+    llm_config: Qwen2Config, tower_config: SiglipVisionConfig, media_token_id: int, seed: int
+) -> LongVILA:
+    """The architecture with the HF parts' parameters on meta (buffers real) and the projector,
+    which no file holds, drawn for real from `seed` (the same on every rank)."""
+    impl = register_usp_attention()
+    with parameters_on_meta():
+        llm = Qwen2ForCausalLM(llm_config)
+        tower = VisionTower(SiglipVisionModel(tower_config))
+    llm.set_attn_implementation(impl)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.train.seed)  # stage 1 trains it; the same on every rank
+        torch.manual_seed(seed)  # stage 1 trains it; the same on every rank
         projector = Projector(tower.hidden_size, int(llm.config.hidden_size))
     return LongVILA(tower, projector, llm, media_token_id)
 
