@@ -6,7 +6,7 @@ NODES ?= 4
 GPUS ?= 8
 DOMAINS ?= 2
 
-.PHONY: help venv lint typecheck imports test test-fast binaries cluster-up cluster-down cluster-status fail-node demo run-pods bench-attention
+.PHONY: help venv lint typecheck imports test test-fast binaries cluster-up cluster-down cluster-status fail-node demo run-pods bench-attention gpu-check
 
 help:
 	@echo "make demo          kubectl apply a LongVILAJob on a local cluster and train it (tiny model, CPU)"
@@ -14,6 +14,7 @@ help:
 	@echo "make cluster-up    start the local cluster (NODES=$(NODES) GPUS=$(GPUS) DOMAINS=$(DOMAINS); KUEUE=1 adds Kueue)"
 	@echo "make cluster-down  stop every process the local cluster started"
 	@echo "make fail-node NODE=name   make a fake node NotReady (its heartbeats stop)"
+	@echo "make gpu-check     on one H100/H200: kernels, 7B training steps, ring-step TFLOP/s -> gpu-check.json"
 
 venv:
 	@scripts/bootstrap
@@ -65,3 +66,9 @@ run-pods: venv
 
 bench-attention: venv
 	$(PY) -m longvila_trainer.bench.attention
+
+# On a GPU machine only (never in CI): kernels against exact attention, world-1 steps of the real
+# 7B architecture, ring-step TFLOP/s; < 8 min on one H100/H200; JSON report in gpu-check.json.
+# `$(PY) -m longvila_trainer.bench.gpu_check --help` says what it measures; --dry-run checks it on a CPU.
+gpu-check: venv
+	$(PY) -m longvila_trainer.bench.gpu_check --out gpu-check.json

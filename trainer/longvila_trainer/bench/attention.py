@@ -262,9 +262,15 @@ def main(argv: list[str] | None = None) -> int:
 # ---- GPU kernel part (--gpu) ----
 
 
-def _cuda_seconds(fn: Any, iters: int = 5, warmup: int = 2) -> float:
+def seconds(fn: Any, device: torch.device, iters: int = 5, warmup: int = 2) -> float:
+    """Mean seconds of fn() on `device`: CUDA events on a GPU, the wall clock on the CPU."""
     for _ in range(warmup):
         fn()
+    if device.type != "cuda":
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        return (time.perf_counter() - t0) / iters
     start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
     end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
     torch.cuda.synchronize()
@@ -276,7 +282,7 @@ def _cuda_seconds(fn: Any, iters: int = 5, warmup: int = 2) -> float:
     return float(start.elapsed_time(end)) / iters / 1e3
 
 
-def _flops(step: Step, shape: Shape) -> float:
+def step_flops(step: Step, shape: Shape) -> float:
     """Forward FLOPs of a step's pieces (2 matmuls; a causal square counts its half)."""
     hd = shape.heads * shape.head_dim
     total = 0.0
@@ -286,7 +292,7 @@ def _flops(step: Step, shape: Shape) -> float:
     return total
 
 
-def _run_step(kernel: Kernel, step: Step, x: dict[str, Tensor], scale: float, backward: bool) -> None:
+def run_step(kernel: Kernel, step: Step, x: dict[str, Tensor], scale: float, backward: bool) -> None:
     acc = torch.zeros(x["q"].shape, dtype=torch.float32, device=x["q"].device)
     lse = torch.full(x["q"].shape[:2], float("-inf"), device=x["q"].device)
     for p in step.passes:
@@ -324,24 +330,16 @@ def ring_forward_error(
     return err
 
 
-def gpu_main(args: Any) -> int:
-    if not torch.cuda.is_available():
-        print("bench: error: --gpu needs a CUDA device (torch.cuda.is_available() is False)", file=sys.stderr)
-        return 2
-    shape, ring = Shape(args.heads, args.kv_heads, args.head_dim), args.gpu_ring
-    probe = torch.empty(1, 1, 1, device="cuda", dtype=torch.bfloat16)
-    kernel = select_kernel("auto", probe)
+def ring_step_rows(
+    kernel: Kernel, shape: Shape, ring: int, seqs: list[int], device: torch.device, dtype: torch.dtype
+) -> list[dict[str, Any]]:
+    """TFLOP/s of full-sequence causal SDPA and of the three kinds of zigzag ring step of a
+    middle ring rank (diagonal, sender < r, sender > r), forward and forward + backward."""
     rows: list[dict[str, Any]] = []
-    report: dict[str, Any] = {
-        "device": torch.cuda.get_device_name(),
-        "kernel": kernel.name,
-        "check_max_abs_err_bf16": ring_forward_error(kernel, ring),
-        "rows": rows,
-    }
     scale = shape.head_dim**-0.5
-    for n in (int(s) for s in args.gpu_seqs.split(",")):
+    for n in seqs:
         full = {
-            name: torch.randn(n, h, shape.head_dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+            name: torch.randn(n, h, shape.head_dim, device=device, dtype=dtype, requires_grad=True)
             for name, h in (("q", shape.heads), ("k", shape.kv_heads), ("v", shape.kv_heads))
         }
         f = 2 * n * n * shape.heads * shape.head_dim  # causal forward FLOPs
@@ -350,38 +348,40 @@ def gpu_main(args: Any) -> int:
             q, k, v = (full[x].transpose(0, 1)[None] for x in ("q", "k", "v"))
             return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
 
-        t_f = _cuda_seconds(lambda: sdpa())
-        t_fb = _cuda_seconds(lambda: torch.autograd.backward(sdpa().sum()))
-        rows.append(
-            {
-                "what": "full-seq SDPA causal",
-                "seq": n,
-                "fwd_tflops": f / t_f / 1e12,
-                "fwd_bwd_tflops": 3.5 * f / t_fb / 1e12,
-            }
-        )
+        t_f = seconds(lambda: sdpa(), device)
+        t_fb = seconds(lambda: torch.autograd.backward(sdpa().sum()), device)
+        rows.append({"what": "full-seq SDPA causal", "seq": n, "fwd_tflops": f / t_f / 1e12,
+                     "fwd_bwd_tflops": 3.5 * f / t_fb / 1e12})  # fmt: skip
         del full
         tokens = plan_tokens([n], 1, ring, "zigzag")
         r = ring // 2  # a middle rank has all three step kinds
         local = {
-            name: torch.randn(tokens.shard_len, h, shape.head_dim, device="cuda", dtype=torch.bfloat16)
+            name: torch.randn(tokens.shard_len, h, shape.head_dim, device=device, dtype=dtype)
             for name, h in (("q", shape.heads), ("k", shape.kv_heads), ("v", shape.kv_heads))
         }
         steps = ring_schedule(tokens, r, True)
         for label, step in (("diagonal", steps[0]), ("sender<r", steps[1]), ("sender>r", steps[-1])):
-            sf = _flops(step, shape)
-            torch.cuda.reset_peak_memory_stats()
-            t_f = _cuda_seconds(lambda step=step, x=local: _run_step(kernel, step, x, scale, False))
-            t_fb = _cuda_seconds(lambda step=step, x=local: _run_step(kernel, step, x, scale, True))
-            rows.append(
-                {
-                    "what": f"ring step R={ring} {label}",
-                    "seq": n,
-                    "fwd_tflops": sf / t_f / 1e12,
-                    "fwd_bwd_tflops": 3.5 * sf / t_fb / 1e12,
-                    "peak_GB": torch.cuda.max_memory_allocated() / 2**30,
-                }
-            )
+            sf = step_flops(step, shape)
+            t_f = seconds(lambda step=step, x=local: run_step(kernel, step, x, scale, False), device)
+            t_fb = seconds(lambda step=step, x=local: run_step(kernel, step, x, scale, True), device)
+            rows.append({"what": f"ring step R={ring} {label}", "seq": n, "fwd_tflops": sf / t_f / 1e12,
+                         "fwd_bwd_tflops": 3.5 * sf / t_fb / 1e12})  # fmt: skip
+    return rows
+
+
+def gpu_main(args: Any) -> int:
+    if not torch.cuda.is_available():
+        print("bench: error: --gpu needs a CUDA device (torch.cuda.is_available() is False)", file=sys.stderr)
+        return 2
+    shape, ring, device = Shape(args.heads, args.kv_heads, args.head_dim), args.gpu_ring, torch.device("cuda")
+    kernel = select_kernel("auto", torch.empty(1, 1, args.head_dim, device=device, dtype=torch.bfloat16))
+    seqs = [int(s) for s in args.gpu_seqs.split(",")]
+    report: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(),
+        "kernel": kernel.name,
+        "check_max_abs_err_bf16": ring_forward_error(kernel, ring),
+        "rows": ring_step_rows(kernel, shape, ring, seqs, device, torch.bfloat16),
+    }
     if args.json:
         print(json.dumps(report))
     else:
@@ -389,7 +389,7 @@ def gpu_main(args: Any) -> int:
             f"# {report['device']}, kernel {kernel.name}, bf16, heads {shape.heads}/{shape.kv_heads}, "
             f"dim {shape.head_dim}; check max|err| {report['check_max_abs_err_bf16']:.3g}"
         )
-        for row in rows:
+        for row in report["rows"]:
             print(
                 f"{row['what']:28} {row['seq']:>7} fwd {row['fwd_tflops']:7.1f} TFLOP/s  "
                 f"fwd+bwd {row['fwd_bwd_tflops']:7.1f} TFLOP/s"
