@@ -43,7 +43,7 @@ from ..sharding.frames import (
     split_frames,
     tower_calls,
 )
-from ..sharding.targets import count_targets, shard, shift_targets, step_counts, to_padded
+from ..sharding.targets import count_targets, loss_sum, shard, shift_targets, step_counts, to_padded
 from .head_loss import head_ce_sum
 from .presets import ModelPreset
 from .projector import Projector
@@ -122,9 +122,7 @@ class LongVILA(nn.Module):
             stop = start + 1
             while stop < len(frames) and frames[stop].shape == frames[start].shape:
                 stop += 1
-            pixels = torch.stack(list(frames[start:stop])).to(
-                device, dtype, non_blocking=True
-            )  # [B, 3, H, W]
+            pixels = torch.stack(list(frames[start:stop])).to(device, dtype)  # [B, 3, H, W]
             grid = self.vision.grid(pixels)
             tokens = self.projector(self.vision(pixels), grid)  # [B, T, D]
             parts += list(tokens)
@@ -197,10 +195,18 @@ class LongVILA(nn.Module):
         keep = torch.nonzero(local_targets != IGNORE_INDEX).squeeze(1)  # [n_keep]: rows with a target
         hidden = self.llm.model(**self._llm_kwargs(x, groups)).last_hidden_state[0]  # [L, D]
         rows = hidden.index_select(0, keep.to(groups.device))  # [n_keep, D]
-        total = head_ce_sum(rows, self.llm.lm_head.weight, local_targets[keep].to(groups.device))
+        total = self._head_loss(rows, local_targets[keep].to(groups.device))
         if x.idle is not None:
             total = total + x.idle
         return LossParts(total, n_targets, int(keep.numel()))
+
+    def _head_loss(self, rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Σ CE of the head on `rows` [n, D] against `targets` [n]: fused and chunked for the
+        plain head, unfused for a wrapped one (LoRA on lm_head)."""
+        head = self.llm.lm_head
+        if isinstance(head, nn.Linear) and head.bias is None:
+            return head_ce_sum(rows, head.weight, targets)
+        return loss_sum(head(rows), targets)
 
     def _idle_vision(self, batch: PackedBatch, device: torch.device, calls: int) -> torch.Tensor:
         """`calls` extra runs of the tower and projector on a zero frame, whose output enters
