@@ -7,6 +7,8 @@ code's `nonzero`, `tolist`, its CPU collectives), while everything created on or
 with a CPU tensor (other than a 0-dim scalar) raises FakeTensorDeviceMismatchError, as
 CUDA would. A device value read on the host (`float(loss)`, `.item()`) cannot be known
 without the device; it reads as 1 (the tests assert on devices, never on such values).
+Stricter than CUDA in one way: a device tensor indexed with a CPU index tensor fails (CUDA
+copies the index over and waits for it: a hidden transfer and sync in the step).
 
 `backward` stands in for `Tensor.backward`: torch's autograd engine needs a CUDA context
 to run a graph of CUDA tensors (pytorch#92627), which no CPU machine can create, so it
@@ -27,11 +29,17 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorDeviceMismatchError, FakeTensorMode
 from torch.testing._internal.distributed.fake_pg import FakeStore
 from torch.utils import _pytree as pytree
 
 CUDA = torch.device("cuda", 0)
+INDEX_OPS = {
+    torch.ops.aten.index.Tensor,
+    torch.ops.aten.index_put.default,
+    torch.ops.aten.index_put_.default,
+    torch.ops.aten._index_put_impl_.default,
+}
 
 
 class HostDeviceMode(FakeTensorMode):
@@ -48,7 +56,24 @@ class HostDeviceMode(FakeTensorMode):
         if func is torch.ops.aten._local_scalar_dense.default:
             dtype = args[0].dtype
             return True if dtype == torch.bool else (1.0 if dtype.is_floating_point else 1)
+        if func in INDEX_OPS and _host_index(args):
+            raise FakeTensorDeviceMismatchError(func, args[0].device, torch.device("cpu"))
         return super().__torch_dispatch__(func, types, args, kwargs)
+
+
+def _host_index(args: Any) -> bool:
+    """A device tensor indexed with a CPU index tensor: CUDA accepts it by copying the index
+    to the device and waiting for it, a host-to-device transfer in the step; refused here."""
+    target, indices = args[0], args[1]
+    return (
+        isinstance(target, FakeTensor)
+        and target.device.type != "cpu"
+        and any(
+            isinstance(i, torch.Tensor) and i.device.type == "cpu" and i.dim() > 0
+            for i in indices
+            if i is not None
+        )
+    )
 
 
 def backward(root: torch.Tensor, grad: torch.Tensor | None = None, **_: Any) -> None:
