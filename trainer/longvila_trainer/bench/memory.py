@@ -179,7 +179,8 @@ def stages(path: Path) -> list[dict[str, Any]]:
     out = []
     for st in spec["stages"]:
         overrides = [f"{k}={v}" for k, v in st.get("overrides", {}).items()]
-        cfg = load_preset(stage_type(st["type"]).preset, [*PLACEHOLDERS, *overrides])
+        preset = stage_type(st["type"]).preset_for(st.get("contextLength"))  # as the operator picks it
+        cfg = load_preset(preset, [*PLACEHOLDERS, *overrides])
         accum = cfg.train.grad_accum
         out.append({
             "job": spec.get("name", path.stem), "stage": st["name"], "train": cfg.train,
