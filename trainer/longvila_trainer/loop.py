@@ -133,7 +133,7 @@ def train_step(
         parts = model(batch, groups, kind)
         parts.loss_sum.backward()  # SUM over ranks and micro-steps; divided once below
         loss_sum += parts.loss_sum.detach().double()
-        n_targets += parts.n_targets  # already summed over dp (global_target_count)
+        n_targets += parts.n_targets  # already summed over dp (step_counts)
         tokens += expanded_tokens(batch, tokens_per_frame)
     if groups.layout.world > 1 and not any(isinstance(p.grad, DTensor) for p in params):
         sum_gradients(params, gradient_group(groups))  # no FSDP: plain all-reduce (SUM)
