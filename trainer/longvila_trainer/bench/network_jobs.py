@@ -93,7 +93,7 @@ def probe_a2a(rank: int, world: int, state: dict[Any, Any], probes: list[tuple[i
         for _ in range(reps):
             dist.barrier()
             t0 = time.perf_counter()
-            dist.all_to_all_single(y, x, group=group)
+            dist.all_to_all_single(y, x, group=None if group is None else group.pg)
             dist.barrier()
             times.append(time.perf_counter() - t0)
         out.append(times)
