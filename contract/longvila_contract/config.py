@@ -100,6 +100,9 @@ class TrainConfig:
     frames: int | None = None  # frames sampled per video (stages[].frames)
     engine: str = "fsdp"  # one of ENGINES: who shards optimizer state and reduces gradients
     zero_stage: int = 2  # engine deepspeed: ZeRO stage (1 optimizer state, 2 + gradients)
+    # How long a collective waits for a peer before the rank fails (the process group's
+    # timeout); rendered from failurePolicy.collectiveTimeoutSeconds under the operator.
+    collective_timeout_s: int = 1800
 
     @property
     def budget(self) -> int:
@@ -223,6 +226,8 @@ def _problems(cfg: TrainerConfig) -> list[str]:
         p.append("train.micro_batch_tokens: set it or train.context_length (the packing budget)")
     if not 0.0 <= t.warmup_ratio < 1.0:
         p.append(f"train.warmup_ratio: must be in [0, 1), got {t.warmup_ratio}")
+    if t.collective_timeout_s < 1:
+        p.append(f"train.collective_timeout_s: must be ≥ 1 second, got {t.collective_timeout_s}")
     if t.warmup_steps < 0 or t.weight_decay < 0 or t.clip < 0:
         p.append("train.warmup_steps, train.weight_decay, train.clip: must be ≥ 0")
     if not 0.0 <= d.short_fraction < 1.0:

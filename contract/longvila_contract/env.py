@@ -22,6 +22,12 @@ Decisions worth knowing:
 - S3 credentials never appear as values: `secret_env` builds secretKeyRef entries.
 - The layout is LONGVILA_ULYSSES and LONGVILA_RING; the SP size is their product
   (layout.ParallelLayout owns that arithmetic), so it is not a variable of its own.
+- LONGVILA_TERMINATION_LOG is the container's terminationMessagePath (the pod spec sets
+  both from TERMINATION_LOG): a worker's one-line error survives torchrun, which turns
+  every worker exit code into 1, through that file (exits.py has the format).
+- LONGVILA_METRICS_PORT: global rank 0 serves its progress there (progress.py has the
+  metric names); the operator scrapes it at the pod's IP. Both are optional when parsing
+  (0 / empty = off), so a hand-run trainer needs neither.
 """
 
 from __future__ import annotations
@@ -57,12 +63,17 @@ CONFIG = "LONGVILA_CONFIG"
 S3_ENDPOINT = "AWS_ENDPOINT_URL_S3"  # read natively by boto3 (≥ 1.28)
 S3_CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 S3_OPTIONAL_KEYS = ("AWS_SESSION_TOKEN",)
+METRICS_PORT_VAR = "LONGVILA_METRICS_PORT"
+METRICS_ADDR_VAR = "LONGVILA_METRICS_ADDR"  # bind address; only the local pod runner sets it
+TERMINATION_LOG_VAR = "LONGVILA_TERMINATION_LOG"
 GROUP_RANK = "GROUP_RANK"  # set by torchrun for each worker process
 
 RDZV_BACKEND_C10D = "c10d"
 RDZV_PORT = 29400  # torchrun's default c10d port
 DEFAULT_MASTER_PORT = 29500
 CONFIG_PATH = "/etc/longvila/config.yaml"
+METRICS_PORT = 9400  # rank 0's Prometheus /metrics (the pod's port named "metrics")
+TERMINATION_LOG = "/dev/termination-log"  # the kubelet's default terminationMessagePath
 ENTRYPOINT = ("torchrun", "--module", "longvila_trainer.train")
 
 _HOST_PORT = re.compile(r"^([A-Za-z0-9.-]+):([0-9]{1,5})$")
@@ -98,6 +109,8 @@ class WorkerEnv:
     max_restarts: int = 0
     master_port: int = DEFAULT_MASTER_PORT
     rdzv_port: int = RDZV_PORT
+    metrics_port: int = METRICS_PORT  # 0 = no metrics endpoint
+    termination_log: str = TERMINATION_LOG  # "" = no termination message
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -152,6 +165,10 @@ class WorkerEnv:
         for name, port in ((MASTER_PORT, self.master_port), (RDZV_ENDPOINT, self.rdzv_port)):
             if not 1 <= port <= 65535:
                 p.append(f"{name}: port {port} must be in 1-65535")
+        if not 0 <= self.metrics_port <= 65535:
+            p.append(f"{METRICS_PORT_VAR}={self.metrics_port}: must be in 1-65535 (0 = off)")
+        if self.termination_log and not self.termination_log.startswith("/"):
+            p.append(f"{TERMINATION_LOG_VAR}={self.termination_log!r}: must be an absolute path")
         if self.max_restarts < 0:
             p.append(f"{MAX_RESTARTS}={self.max_restarts}: must be ≥ 0")
         uris: list[tuple[str, str, tuple[Scheme, ...]]] = [(CHECKPOINT_URI, self.checkpoint_uri, ("s3",))]
@@ -194,6 +211,10 @@ def render(env: WorkerEnv) -> dict[str, str]:
         INIT_CHECKPOINT: env.init_checkpoint,
         CONFIG: env.config_path,
     }
+    if env.metrics_port:
+        out[METRICS_PORT_VAR] = str(env.metrics_port)
+    if env.termination_log:
+        out[TERMINATION_LOG_VAR] = env.termination_log
     if env.s3_endpoint:
         out[S3_ENDPOINT] = env.s3_endpoint
     return out
@@ -220,6 +241,7 @@ def parse(environ: Mapping[str, str]) -> WorkerEnv:
     nnodes, nproc, node_rank = integer(NNODES), integer(NPROC_PER_NODE), integer(NODE_RANK)
     ulysses, ring = integer(ULYSSES), integer(RING)
     master_port, max_restarts = integer(MASTER_PORT), integer(MAX_RESTARTS)
+    metrics_port = integer(METRICS_PORT_VAR) if METRICS_PORT_VAR in environ else 0
     master_addr = need(MASTER_ADDR)
     backend = need(RDZV_BACKEND)
     endpoint = need(RDZV_ENDPOINT)
@@ -234,6 +256,7 @@ def parse(environ: Mapping[str, str]) -> WorkerEnv:
         "init_checkpoint": environ.get(INIT_CHECKPOINT, ""),
         "config_path": need(CONFIG),
         "s3_endpoint": environ.get(S3_ENDPOINT, ""),
+        "termination_log": environ.get(TERMINATION_LOG_VAR, ""),
     }
     if backend and backend != RDZV_BACKEND_C10D:
         problems.append(f"{RDZV_BACKEND}={backend!r}: must be {RDZV_BACKEND_C10D}")
@@ -262,6 +285,7 @@ def parse(environ: Mapping[str, str]) -> WorkerEnv:
         max_restarts=max_restarts,
         master_port=master_port,
         rdzv_port=rdzv_port,
+        metrics_port=metrics_port,
         **fields,
     )
 

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 from longvila_contract import checkpoint as L
+from longvila_contract import exits
 from longvila_contract.config import merge, preset_tree
 from longvila_trainer.checkpoint.s3 import open_storage
 from longvila_trainer.parallel.spawn import free_port
@@ -486,3 +487,31 @@ def test_sigkill_while_a_checkpoint_uploads_resumes_from_the_previous_one(
     assert L.parse_final(storage.get_bytes(L.FINAL)) == 4
     m = L.Manifest.from_json(storage.get_bytes(L.manifest_key(4)))
     assert {f.path for f in m.files} >= {L.DCP_METADATA, L.dcp_shard(0)}
+
+
+def test_bad_input_under_torchrun_reaches_the_termination_message(
+    s3_server: dict[str, str], tmp_path: Path
+) -> None:
+    """torchrun turns the workers' exit 2 into its own 1; the termination message keeps why."""
+    cfg = write_config(tmp_path / "cfg.yaml", "tiny-long-video-sft")
+    tree = yaml.safe_load(cfg.read_text())
+    tree["data"]["uri"] = "s3://data/not-readable-yet"
+    cfg.write_text(yaml.safe_dump(tree))
+    uri = f"s3://{s3_server['bucket']}/bad-{uuid.uuid4().hex[:6]}"
+    env = contract_env(nproc=2, ulysses=2, ring=1, uri=uri, config=cfg, s3=s3_server)
+    env["LONGVILA_CACHE_DIR"] = str(tmp_path / "cache")
+    log = tmp_path / "termination-log"
+    log.write_text("")  # as the kubelet leaves it
+    env["LONGVILA_TERMINATION_LOG"] = str(log)
+    cmd = [
+        str(VENV_BIN / "torchrun"),
+        "--nproc-per-node",
+        "2",
+        "--standalone",
+        "-m",
+        "longvila_trainer.train",
+    ]
+    p = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 1, p.stderr[-3000:]  # torchrun's, whatever the workers said
+    kind, text = exits.classify(log.read_text()) or ("", "")
+    assert kind == exits.ERROR and "data.uri=s3://data/not-readable-yet: s3:// is not supported" in text

@@ -7,7 +7,11 @@ Order: env contract → config → layout checks (before any process group) → 
 SP groups → model, trainable set, parallelize → optimizer → data → resume (latest complete
 checkpoint of this stage, else the init checkpoint's weights) → loop → final checkpoint
 (with LoRA: the adapters merged into the base weights, plain names) → final.json.
-Any bad input ends the run with one `longvila-train: error: …` line and exit code 2.
+Any bad input ends the run with one `longvila-train: error: …` line and exit code 2; S3
+still unreachable after the store's retries with `longvila-train: unavailable: …` and 3.
+Either line, and a crash's, also goes to $LONGVILA_TERMINATION_LOG (the pod's termination
+message), which is how the operator tells a permanent error from a restartable one
+(longvila_contract.exits). Global rank 0 serves its progress on $LONGVILA_METRICS_PORT.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from longvila_contract import env as E
+from longvila_contract import exits
 from longvila_contract.config import ConfigError, TrainerConfig, load_config, with_stage
 from longvila_contract.layout import LayoutError, ParallelLayout
 from longvila_contract.model import ModelConfigError, ModelFacts, tokens_per_frame
@@ -48,6 +53,7 @@ from .model.presets import PRESETS
 from .model.weights import WeightsError, model_config
 from .parallel.groups import build_groups
 from .parallel.token_layout import Kind
+from .progress import Progress
 
 
 class PreflightError(ValueError):
@@ -222,6 +228,14 @@ def start_state(
 
 def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     job = plan(args, environ)
+    metrics = Progress().serve(environ)  # up before the process group: a stuck start shows as step 0
+    try:
+        return train(args, environ, job, metrics)
+    finally:
+        metrics.close()
+
+
+def train(args: argparse.Namespace, environ: Mapping[str, str], job: Plan, metrics: Progress) -> int:
     cfg, layout, t = job.cfg, job.layout, job.cfg.train
     cuda = torch.cuda.is_available()
     device = torch.device("cuda", int(environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
@@ -230,7 +244,8 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     else:
         torch.use_deterministic_algorithms(True)  # same seed → same losses, bit for bit
     if layout.world > 1:
-        init_distributed("nccl" if cuda else "gloo", environ, device if cuda else None)
+        init_distributed("nccl" if cuda else "gloo", environ, timedelta(seconds=t.collective_timeout_s),
+                         device if cuda else None)  # fmt: skip
     groups = build_groups(layout, device=device)
     rank = groups.rank
     cache = Path(args.cache_dir)
@@ -258,6 +273,7 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     step, packs = int(progress["step"]), int(progress["packs_per_step"])
     total = t.max_steps or int(progress["max_steps"])  # a derived length is kept from the first start
     accum = loop.accumulation(packs, layout.dp)  # dp shrank after a lost node: more micro-steps
+    metrics.started(step, total, resume or 0)
 
     while step < total:
         t0, lr = time.perf_counter(), loop.lr_at(step, t, total)
@@ -268,11 +284,13 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         if rank == 0:
             print(json.dumps(record), flush=True)
             print(loop.progress_line(record), file=sys.stderr, flush=True)
+            metrics.stepped(record)
         if step == total and t.lora.enabled:
             break  # the last step's checkpoint holds the merged weights (below)
         if step % cfg.checkpoint.every_steps == 0 or step == total:
             state = training_state(engine, loader, step, packs, total)
             store.save(step, state, rank_state={"rng": torch.get_rng_state()}, meta=checkpoint_meta(cfg))
+            metrics.checkpointed(step)
     if t.lora.enabled and ended is None:
         merged = merged_state(engine, loader, total, packs, total, t.lora.alpha / t.lora.rank)
         store.save(total, merged, meta={"stage": cfg.stage.name, "weights": MERGED})
@@ -284,17 +302,21 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     return 0
 
 
-def init_distributed(backend: str, environ: Mapping[str, str], device: torch.device | None = None) -> None:
+def init_distributed(
+    backend: str, environ: Mapping[str, str], timeout: timedelta, device: torch.device | None = None
+) -> None:
     """The default group over torchrun's store, under a prefix per restart attempt.
 
     torchrun's c10d rendezvous keeps one store across restarts; without the prefix a
     restarted rank can read a dead rank's address left by the previous attempt and gloo's
-    connectFullMesh fails ("Connection refused"). On GPU the group is bound to the rank's
-    device (`device_id`): NCCL initialises eagerly and never guesses a device.
+    connectFullMesh fails ("Connection refused"). `timeout` (train.collective_timeout_s) is
+    how long a collective waits for a peer before the rank fails; the operator's hang
+    check (failurePolicy.hangTimeoutSeconds) is meant to fire first (docs/failures.md). On
+    GPU the group is bound to the rank's device (`device_id`): NCCL initialises eagerly and
+    never guesses a device.
     """
     rank, world = int(environ["RANK"]), int(environ["WORLD_SIZE"])
     agent = environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # the agent hosts it
-    timeout = timedelta(minutes=10)
     store = TCPStore(environ["MASTER_ADDR"], int(environ["MASTER_PORT"]), world,
                           is_master=rank == 0 and not agent, timeout=timeout, multi_tenant=True)  # fmt: skip
     prefixed = PrefixStore(f"longvila/attempt-{environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
@@ -309,11 +331,20 @@ def say(rank: int, text: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    log = os.environ.get(E.TERMINATION_LOG_VAR, "")
     try:
         return run(args, os.environ)
     except BAD_INPUT as e:
-        print(f"longvila-train: error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
-        return 2
+        transient = isinstance(e, StorageError) and e.transient
+        kind = exits.UNAVAILABLE if transient else exits.ERROR
+        print(exits.line(kind, str(e)), file=sys.stderr, flush=True)
+        if log:
+            exits.write(log, kind, str(e))
+        return exits.EXIT_UNAVAILABLE if transient else exits.EXIT_BAD_INPUT
+    except Exception as e:  # the traceback still goes to the log; the message names the cause
+        if log:
+            exits.write(log, exits.CRASHED, f"{type(e).__name__}: {e}")
+        raise
 
 
 if __name__ == "__main__":

@@ -33,7 +33,16 @@ MiB = 1 << 20
 
 
 class StorageError(RuntimeError):
-    """A storage operation failed for good (after retries where they help)."""
+    """A storage operation failed for good (after retries where they help).
+
+    `transient`: a later attempt may succeed (the service was down or slow); False when the
+    store refused the request itself (credentials, a bucket that does not exist), which no
+    restart fixes. The trainer reports the two differently (longvila_contract.exits).
+    """
+
+    def __init__(self, message: str, *, transient: bool = True) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 class Storage(Protocol):
@@ -266,11 +275,12 @@ class S3Storage:
             try:
                 return fn()
             except Exception as e:
-                last = attempt == policy.attempts - 1
-                if last or not is_retryable(e):
+                retryable = is_retryable(e)
+                if attempt == policy.attempts - 1 or not retryable:
                     tried = f"after {attempt + 1} attempt(s)"
                     raise StorageError(
-                        f"S3 {what} of {self.describe(key)} failed {tried}: {type(e).__name__}: {e}"
+                        f"S3 {what} of {self.describe(key)} failed {tried}: {type(e).__name__}: {e}",
+                        transient=retryable,
                     ) from e
                 self._sleep(policy.delay(attempt, self._rng))
         raise AssertionError("unreachable")
