@@ -185,9 +185,10 @@ def pod(
         K.ANNOTATION_DOMAIN: node.domain,
         **group_annotations,
     }
+    # No capabilities, RDMA or not: for a non-root user Kubernetes grants none (no ambient
+    # capabilities), so IPC_LOCK would do nothing. What ibverbs needs to pin its buffers is
+    # the memlock rlimit, which the container runtime sets (docs/failures.md#rdma-and-memlock).
     security: dict[str, Any] = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
-    if job.spec.topology.rdma_resource:
-        security["capabilities"]["add"] = ["IPC_LOCK"]  # ibverbs pins (mlocks) its buffers
     term = {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node.name]}]}
     spec: dict[str, Any] = {
         "restartPolicy": "Never",  # the operator restarts gangs, never the kubelet
@@ -230,7 +231,12 @@ def pod(
                 "ports": [
                     {"name": "c10d", "containerPort": contract.RDZV_PORT},
                     {"name": "master", "containerPort": contract.DEFAULT_MASTER_PORT},
+                    {"name": "metrics", "containerPort": contract.METRICS_PORT},  # rank 0's progress
                 ],
+                # The trainer's one-line error, which torchrun's exit code cannot carry
+                # (longvila_contract.exits); without it, the log's tail says what it can.
+                "terminationMessagePath": contract.TERMINATION_LOG,
+                "terminationMessagePolicy": "FallbackToLogsOnError",
                 "resources": resources(job),
                 "securityContext": security,
                 "volumeMounts": [

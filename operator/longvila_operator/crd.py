@@ -21,11 +21,31 @@ HEADER = (
     f"# Regenerate: {REGENERATE}\n"
 )
 
-PRINTER_COLUMNS = [
+PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Job phase"},
     {"name": "Stage", "type": "string", "jsonPath": ".status.stage", "description": "Current stage"},
+    {
+        "name": "Progress",
+        "type": "string",
+        "jsonPath": ".status.progress.summary",
+        "description": "Steps of the current stage: step/maxSteps (percent)",
+    },
     {"name": "Nodes", "type": "integer", "jsonPath": ".spec.topology.nodes", "description": "Worker nodes"},
     {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts", "description": "Gang restarts"},
+    {
+        "name": "Loss",
+        "type": "number",
+        "jsonPath": ".status.progress.loss",
+        "description": "The last step's loss",
+        "priority": 1,
+    },
+    {
+        "name": "Last-Failure",
+        "type": "string",
+        "jsonPath": ".status.lastFailure.class",
+        "description": "Class of the last failure",
+        "priority": 1,
+    },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from .api.manifest import InvalidJob, Job
@@ -34,6 +34,13 @@ class PodView:
     created: str = ""
     gated: bool = False  # Kueue still holds it (scheduling gate kueue.x-k8s.io/admission)
     queue: str = ""  # its kueue.x-k8s.io/queue-name label
+    ip: str = ""  # status.podIP
+    started: str = ""  # the container's running (or terminated) startedAt
+    finished: str = ""  # the container's terminated finishedAt
+    message: str = ""  # the container's termination message (the trainer's one line, exits.py)
+    waiting: str = ""  # the container's waiting reason (ErrImagePull, ImagePullBackOff…)
+    waiting_message: str = ""
+    disruption: str = ""  # reason of a DisruptionTarget=True condition (EvictionByEvictionAPI…)
 
     @property
     def terminal(self) -> bool:
@@ -76,6 +83,30 @@ class Decision:
 
 
 @dataclass(frozen=True)
+class Heartbeat:
+    """A node's Lease (kube-node-lease/<node>), the kubelet's heartbeat."""
+
+    renewed: datetime  # spec.renewTime, by the node's clock
+    seen: datetime  # when the operator saw that renewal, by its own clock (no skew in "how long ago")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """Global rank 0's progress metrics, scraped by the operator (scrape.py; progress.py reads it)."""
+
+    pod: str  # the pod scraped (node rank 0 of an attempt)
+    step: int
+    max_steps: int
+    loss: float | None
+    tokens_per_second: float | None
+    step_seconds: float | None
+    checkpoint_step: int
+    steps: int  # steps the scraped process completed: 0 while it starts up
+    scraped: datetime  # the last successful scrape
+    advanced: datetime  # when (steps, checkpoint_step) last changed, as the operator saw it
+
+
+@dataclass(frozen=True)
 class Observed:
     body: Mapping[str, Any]  # the LongVILAJob as stored
     pods: Sequence[PodView]
@@ -84,6 +115,11 @@ class Observed:
     gpus_in_use: Mapping[str, int] = field(default_factory=dict)  # by other workloads
     parsed: Job | InvalidJob | None = None  # load_job(body), when the caller already has it
     workloads: Mapping[str, WorkloadView] = field(default_factory=dict)  # Kueue's, by name, in the namespace
+    heartbeats: Mapping[str, Heartbeat] = field(default_factory=dict)  # by node name
+    heartbeat_grace: float = 20.0  # seconds without a renewal before a node counts as lost
+    progress: Sample | None = None  # the newest sample of the job's rank-0 pod
+    scrape_error: str = ""  # why the last scrape of that pod failed ("" when it answered)
+    progress_interval: float = 5.0  # status.progress is rewritten at most this often
 
     def job(self) -> Job:
         """The typed job; raises InvalidJob. The spec is fixed per generation, so callers cache it."""
@@ -96,3 +132,31 @@ class Observed:
     def alive(self, node: str) -> bool:
         info = self.nodes.get(node)
         return info is not None and info.ready
+
+    def silent(self, node: str) -> float | None:
+        """Seconds since the operator saw the node's Lease renewed; None without a Lease."""
+        hb = self.heartbeats.get(node)
+        return None if hb is None else (self.now - hb.seen).total_seconds()
+
+    def lost(self, node: str) -> str:
+        """Why the node counts as lost ('' when it does not): gone, NotReady, or silent too long.
+
+        The heartbeat is the early sign: a dead kubelet stops renewing its Lease at once,
+        while Ready turns False only after the node lifecycle controller's grace period
+        (40-50 s by default)."""
+        info = self.nodes.get(node)
+        if info is None:
+            return "gone"
+        if not info.ready:
+            return "NotReady"
+        silent = self.silent(node)
+        if silent is not None and silent > self.heartbeat_grace:
+            return f"silent: its Lease was last renewed {silent:.0f}s ago"
+        return ""
+
+    def heard_after(self, node: str, when: datetime) -> bool:
+        """Has the node renewed its Lease after `when` (a failure's time, by a kubelet's clock)?
+
+        Times in pod status have whole seconds, so one second of margin."""
+        hb = self.heartbeats.get(node)
+        return hb is not None and hb.renewed > when + timedelta(seconds=1)

@@ -1,4 +1,5 @@
-"""The kopf shell: indexes of jobs, child pods and nodes, and one reconcile loop.
+"""The kopf shell: indexes of jobs, child pods and nodes, and one reconcile loop; beside
+it, a watch on node Leases (heartbeats.py) and the progress scraper (scrape.py).
 
 Handlers are registered on a registry built by `build` (nothing at import). No handler
 needs a finalizer: there is no on.delete handler (children go with the job through owner
@@ -35,9 +36,11 @@ from .api import GROUP, PLURAL, VERSION
 from .api.manifest import InvalidJob, Job
 from .apply import Kube, Recent, carry_out
 from .decision import Observed, PodView
+from .heartbeats import Heartbeats
 from .metrics import Metrics
 from .nodes import GPU, parse_node
 from .reconcile import reconcile
+from .scrape import Scraper
 from .validation import load_job
 from .workload import workload_view
 
@@ -63,8 +66,11 @@ class State:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(8, "longvila-api"))
-    task: asyncio.Task[None] | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
     kueue: str | None = None  # the served kueue.x-k8s.io version whose Workloads are watched; None = off
+    heartbeats: Heartbeats | None = None  # started with the operator (needs the API client)
+    heartbeat_grace: float = 20.0
+    scraper: Scraper = field(default_factory=Scraper)
 
     def kick(self, key: Key) -> None:
         self.dirty.add(key)
@@ -80,12 +86,19 @@ def pod_view(body: Mapping[str, Any]) -> PodView:
     meta, spec, status = body.get("metadata", {}), body.get("spec", {}), body.get("status", {})
     labels = meta.get("labels") or {}
     term: Mapping[str, Any] = {}
-    for cs in status.get("containerStatuses") or []:
-        term = (cs.get("state") or {}).get("terminated") or term
-    unscheduled = ""
+    running: Mapping[str, Any] = {}
+    waiting: Mapping[str, Any] = {}
+    for cs in status.get("containerStatuses") or []:  # the worker pod has one container
+        state = cs.get("state") or {}
+        term = state.get("terminated") or term
+        running = state.get("running") or running
+        waiting = state.get("waiting") or waiting
+    unscheduled = disruption = ""
     for c in status.get("conditions") or []:
         if c.get("type") == "PodScheduled" and c.get("status") == "False":
             unscheduled = f"{c.get('reason', '')}: {c.get('message', '')}"
+        if c.get("type") == "DisruptionTarget" and c.get("status") == "True":
+            disruption = str(c.get("reason") or "DisruptionTarget")
     gates = {g.get("name") for g in spec.get("schedulingGates") or []}
     return PodView(
         name=meta["name"],
@@ -101,6 +114,13 @@ def pod_view(body: Mapping[str, Any]) -> PodView:
         created=meta.get("creationTimestamp") or "",
         gated=KUEUE_GATE in gates,
         queue=labels.get(KUEUE_QUEUE, ""),
+        ip=status.get("podIP") or "",
+        started=(running or term).get("startedAt") or "",
+        finished=term.get("finishedAt") or "",
+        message=term.get("message") or "",
+        waiting=waiting.get("reason") or "",
+        waiting_message=waiting.get("message") or "",
+        disruption=disruption,
     )
 
 
@@ -153,7 +173,14 @@ async def reconcile_one(state: State, key: Key, indices: Mapping[str, Any]) -> N
         in_use[node] = sum(g for ns, job, g in store if (ns, job) != key)
     workloads = {w.name: w for w in indices.get("workloads", {}).get(key[0], [])}
     t0 = time.perf_counter()
-    obs = Observed(body, pods, nodes, datetime.now(UTC), in_use, parse(state, key, body), workloads)
+    obs = Observed(
+        body, pods, nodes, datetime.now(UTC), in_use, parse(state, key, body), workloads,
+        heartbeats=state.heartbeats.snapshot() if state.heartbeats else {},
+        heartbeat_grace=state.heartbeat_grace,
+        progress=state.scraper.samples.get(key),
+        scrape_error=state.scraper.errors.get(key, ""),
+        progress_interval=state.scraper.interval,
+    )  # fmt: skip
     decision = reconcile(obs)
     recent = state.recent.setdefault(key, Recent())
     written = await asyncio.to_thread(carry_out, state.kube, body, decision, recent, state.run)
@@ -167,7 +194,9 @@ async def reconcile_one(state: State, key: Key, indices: Mapping[str, Any]) -> N
             decision.status.get("phase"),
             len(decision.apply),
             len(decision.delete),
-            ", status written" if written is not None else "",
+            f", status written ({', '.join(changed(body.get('status') or {}, decision.status))})"
+            if written is not None
+            else "",
         )
     if written is not None:
         state.latest[key] = written
@@ -175,6 +204,11 @@ async def reconcile_one(state: State, key: Key, indices: Mapping[str, Any]) -> N
         state.metrics.restarts.inc()
     if decision.requeue_after is not None:
         state.due[key] = time.monotonic() + decision.requeue_after
+
+
+def changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """Top-level status fields that differ (what a status write was for, in the log)."""
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
 
 
 async def loop(state: State, indices: Mapping[str, Any]) -> None:
@@ -246,12 +280,18 @@ def build(state: State) -> kopf.OperatorRegistry:
         settings.watching.client_timeout = 330
         names = ("job_bodies", "job_pods", "node_infos", "gpu_pods", "workloads")
         indices = {k: kwargs[k] for k in names if k in kwargs}
-        state.task = asyncio.create_task(loop(state, indices))
+        state.heartbeats = Heartbeats(state.kube.api_client).start()
+        state.tasks = [
+            asyncio.create_task(loop(state, indices)),
+            asyncio.create_task(state.scraper.run(indices, state.kick)),
+        ]
 
     @kopf.on.cleanup(registry=registry)
     async def stop(**_: Any) -> None:
-        if state.task is not None:
-            state.task.cancel()
+        for task in state.tasks:
+            task.cancel()
+        if state.heartbeats is not None:
+            state.heartbeats.stop()
         state.pool.shutdown(wait=False, cancel_futures=True)
 
     @kopf.index(GROUP, VERSION, PLURAL, id="job_bodies", registry=registry)

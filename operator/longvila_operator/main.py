@@ -48,6 +48,19 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default="auto",
         help="watch Kueue's Workloads (queue status, docs/kueue.md) when the API server serves them",
     )
+    p.add_argument(
+        "--node-heartbeat-grace-seconds",
+        type=float,
+        default=20.0,
+        help="a node whose Lease is not renewed this long counts as lost when a pod of its gang fails "
+        "(kubelets renew every 10 s by default)",
+    )
+    p.add_argument(
+        "--progress-seconds",
+        type=float,
+        default=5.0,
+        help="read each running job's rank-0 metrics, and rewrite status.progress, at most this often",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
 
@@ -84,8 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     except NoCredentialsError as e:
         print(f"longvila-operator: error: {e}", file=sys.stderr)
         return 2
-    state = State(kube=kube, metrics=metrics)
-    state.resync_s = args.resync_seconds
+    state = State(kube=kube, metrics=metrics, resync_s=args.resync_seconds)
+    state.heartbeat_grace = args.node_heartbeat_grace_seconds
+    state.scraper.interval = args.progress_seconds
     state.kueue = served_kueue(kube) if args.kueue == "auto" else None
     watched = f"watching Workloads (kueue.x-k8s.io/{state.kueue})" if state.kueue else "Workloads not watched"
     logging.getLogger("longvila.operator").info("Kueue: %s", watched)

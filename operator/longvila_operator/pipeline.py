@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import dataclasses
 
-from . import children, naming, queueing
+from . import children, naming, progress, queueing
 from . import status as st
 from .api.manifest import Job
 from .decision import Decision, Delete, Observed
+from .failures import RESTART_GRACE_SECONDS, Evidence, Settle, classify
 from .lifecycle import gang, stop_pods, ttl
 from .placement import PlacedNode, Placement, Request, Unplaceable, plan
-from .restart import RESTART_GRACE_SECONDS, failure, restart
+from .restart import restart
 
 
 def current_stage(d: Decision, job: Job) -> int | None:
@@ -64,13 +65,21 @@ def run_stage(obs: Observed, d: Decision, job: Job) -> bool:
     stale = [p for p in obs.pods if p not in mine and not p.terminal and not p.deleting]
     for p in stale:
         d.delete.append(Delete(p.name, RESTART_GRACE_SECONDS, "an earlier attempt or stage"))
-    cause = failure(obs, placement, mine)
-    if cause:  # a restart goes on to create the new attempt's pods in the same decision
-        return restart(obs, d, job, i, placement, mine, cause)
-    by_rank = {p.node_rank: p for p in mine}
     n = len(placement.nodes)
+    hung = progress.check(obs, job, mine, n, progress.stored_for(s, stage.name, attempt), d)
+    ev = Evidence(
+        obs, job, placement, mine, hang=hung.message if hung else "", hang_reason=hung.reason if hung else ""
+    )
+    verdict = classify(ev)
+    if isinstance(verdict, Settle):  # a pod failed; is a node behind it? status unchanged until known
+        d.later(1.0)
+        return False
+    if verdict is not None:  # a restart goes on to create the new attempt's pods in the same decision
+        return restart(obs, d, job, i, placement, mine, verdict)
+    by_rank = {p.node_rank: p for p in mine}
     if len(by_rank) == n and all(p.phase == "Succeeded" for p in by_rank.values()):
         entry.update(phase=st.SUCCEEDED, completionTime=st.timestamp(now))
+        progress.finished(d, stage.name, now)
         entry["checkpoint"] = children.stage_checkpoint_uri(job, stage)
         d.info("StageSucceeded", f"stage {stage.name} succeeded; checkpoint {entry['checkpoint']}")
         s.pop("placement", None)
@@ -91,6 +100,7 @@ def run_stage(obs: Observed, d: Decision, job: Job) -> bool:
         entry.update(phase=st.RUNNING, startTime=st.timestamp(now))
         d.info("StageStarted", f"stage {stage.name} started on {n} nodes (attempt {attempt})")
     gang(obs, d, job, placement, mine)
+    progress.update(obs, d, job, stage.name, attempt, mine, n)
     running = len(by_rank) == n and all(p.phase in ("Running", "Succeeded") for p in by_rank.values())
     if running:
         s["phase"] = st.RUNNING
@@ -107,8 +117,11 @@ def run_stage(obs: Observed, d: Decision, job: Job) -> bool:
 
 def place(obs: Observed, d: Decision, job: Job) -> Placement | None:
     s, gen = d.status, job.generation
+    lost = {name for name in obs.nodes if obs.lost(name)}  # e.g. a silent heartbeat, not yet NotReady
     try:
-        placement = plan(Request.from_spec(job.spec), list(obs.nodes.values()), gpus_in_use=obs.gpus_in_use)
+        placement = plan(
+            Request.from_spec(job.spec), list(obs.nodes.values()), exclude=lost, gpus_in_use=obs.gpus_in_use
+        )
     except Unplaceable as err:
         s["phase"] = st.PENDING if not s.get("restarts") else st.RESTARTING
         if st.set_condition(s, st.UNSCHEDULABLE, True, "Unplaceable", str(err), obs.now, gen):

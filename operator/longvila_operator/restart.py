@@ -1,6 +1,7 @@
-"""Failures and restarts: what broke the current attempt, and a gang restart as a new attempt
-with the lost ranks moved (or the job failed when the policy or the budget says so). Pure;
-the reasons for restarting the whole gang under a new rendezvous id are in reconcile.py."""
+"""Acting on a classified failure (failures.py): count it by class, then restart the gang as
+a new attempt with the lost ranks moved, or fail the job when its class is permanent, the
+policy says so, or its budget is spent. Pure; the reasons for restarting the whole gang
+under a new rendezvous id are in reconcile.py."""
 
 from __future__ import annotations
 
@@ -10,49 +11,77 @@ from collections.abc import Sequence
 from . import status as st
 from .api.manifest import Job
 from .decision import Decision, Delete, Observed, PodView
+from .failures import Failure, spent
 from .placement import Placement, Request, Unplaceable, plan, shrink
 
-RESTART_GRACE_SECONDS = 10  # survivors of a broken gang cannot commit a checkpoint anyway
+BUDGET_FIELDS = {  # failurePolicy JSON name → JobSpec.failure_policy attribute
+    "maxRestarts": "max_restarts",
+    "maxNodeLossRestarts": "max_node_loss_restarts",
+    "maxDisruptionRestarts": "max_disruption_restarts",
+}
 
 
-def failure(obs: Observed, placement: Placement, mine: Sequence[PodView]) -> str:
-    """Why the current attempt is broken ('' when it is not): a lost node or a failed pod."""
-    done = {p.node_rank for p in mine if p.phase == "Succeeded"}
-    for node in placement.nodes:
-        if node.node_rank not in done and not obs.alive(node.name):
-            state = "gone" if node.name not in obs.nodes else "NotReady"
-            return f"node {node.name} (node rank {node.node_rank}) is {state}"
-    for p in sorted(mine, key=lambda p: p.node_rank):
-        if p.phase == "Failed":
-            code = f"exit code {p.exit_code}" if p.exit_code is not None else "no exit code"
-            return f"pod {p.name} failed ({code}{', ' + p.reason if p.reason else ''})"
-        if p.deleting and p.phase != "Succeeded":
-            return f"pod {p.name} was deleted or evicted{' (' + p.reason + ')' if p.reason else ''}"
-    return ""
+def record(obs: Observed, d: Decision, job: Job, i: int, failure: Failure, action: str) -> str:
+    """Count the failure in status (failures by class, lastFailure) and say it in an Event."""
+    s, entry, cls = d.status, d.status["stages"][i], failure.cls
+    counts = dict(s.get("failures") or {})
+    counts[cls.name] = int(counts.get(cls.name, 0)) + 1
+    s["failures"] = counts
+    message = failure.finding.message
+    s["lastFailure"] = {
+        "class": cls.name,
+        "reason": failure.finding.reason,
+        "message": message[: st.MAX_MESSAGE],
+        "time": st.timestamp(obs.now),
+        "stage": entry["name"],
+        "attempt": int(entry.get("restarts") or 0),
+        "action": action,
+    }
+    return message
 
 
 def restart(
-    obs: Observed, d: Decision, job: Job, i: int, placement: Placement, mine: Sequence[PodView], cause: str
+    obs: Observed,
+    d: Decision,
+    job: Job,
+    i: int,
+    placement: Placement,
+    mine: Sequence[PodView],
+    failure: Failure,
 ) -> bool:
     """Restart stage i's gang as a new attempt (True: go on and create its pods), or fail the job."""
-    s, gen, now, fp = d.status, job.generation, obs.now, job.spec.failure_policy
-    entry = s["stages"][i]
-    dead = {n.name for n in placement.nodes if not obs.alive(n.name)}
+    s, fp = d.status, job.spec.failure_policy
+    entry, cls = s["stages"][i], failure.cls
+    dead = set(failure.lost)
     for p in mine:
         if not p.terminal and not p.deleting:
-            d.delete.append(Delete(p.name, 0 if p.node in dead else RESTART_GRACE_SECONDS, cause))
-    used = int(s.get("restarts") or 0)
-    if used >= fp.max_restarts or (dead and fp.node_failure == "fail"):
-        why = (
-            f"{cause}; maxRestarts ({fp.max_restarts}) exhausted"
-            if used >= fp.max_restarts
-            else f"{cause}; failurePolicy.nodeFailure is fail"
-        )
-        reason = "MaxRestartsExceeded" if used >= fp.max_restarts else "NodeFailure"
-        fail(obs, d, job, reason, why)
-        entry["phase"] = st.FAILED
-        return False
-    s["restarts"] = used + 1
+            d.delete.append(Delete(p.name, 0 if p.node in dead else cls.grace, failure.finding.message))
+    used = spent(s.get("failures") or {}, cls.budget) if cls.budget else 0
+    limit = getattr(fp, BUDGET_FIELDS[cls.budget]) if cls.budget else 0
+    cause = f"{cls.name}: {failure.finding.message}"
+    if cls.budget is None:
+        why = record(obs, d, job, i, failure, "Fail")
+        fail(obs, d, job, cls.name, f"stage {entry['name']} cannot succeed: {why}")
+    elif dead and fp.node_failure == "fail":
+        record(obs, d, job, i, failure, "Fail")
+        fail(obs, d, job, "NodeFailure", f"{cause}; failurePolicy.nodeFailure is fail")
+    elif used >= limit:
+        record(obs, d, job, i, failure, "Fail")
+        fail(obs, d, job, "MaxRestartsExceeded", f"{cause}; failurePolicy.{cls.budget} ({limit}) spent")
+    else:
+        record(obs, d, job, i, failure, "Restart")
+        what = f"restart {used + 1}/{limit} ({cls.budget}) of stage {entry['name']}: {cause}"
+        return replan(obs, d, job, i, placement, dead, cls.name, what)
+    entry["phase"] = st.FAILED
+    return False
+
+
+def replan(
+    obs: Observed, d: Decision, job: Job, i: int, placement: Placement, dead: set[str], reason: str, what: str
+) -> bool:
+    """The new attempt's placement: survivors keep their nodes, lost ranks move (or the job shrinks)."""
+    s, fp, entry = d.status, job.spec.failure_policy, d.status["stages"][i]
+    s["restarts"] = int(s.get("restarts") or 0) + 1
     entry["restarts"] = int(entry.get("restarts") or 0) + 1
     entry["phase"] = st.RESTARTING
     s["phase"] = st.RESTARTING
@@ -61,23 +90,12 @@ def restart(
     nodes = list(obs.nodes.values())
     try:
         if dead and fp.node_failure == "shrink":
-            new = shrink(
-                req,
-                nodes,
-                min_nodes=fp.min_nodes,
-                exclude=dead,
-                previous=[n.name for n in placement.nodes],
-                gpus_in_use=obs.gpus_in_use,
-            )
+            new = shrink(req, nodes, min_nodes=fp.min_nodes, exclude=dead,
+                         previous=[n.name for n in placement.nodes], gpus_in_use=obs.gpus_in_use)  # fmt: skip
         else:
             pinned = {n.node_rank: n.name for n in placement.nodes if n.name not in dead}
-            new = plan(
-                dataclasses.replace(req, nodes=len(placement.nodes)),
-                nodes,
-                exclude=dead,
-                pinned=pinned,
-                gpus_in_use=obs.gpus_in_use,
-            )
+            new = plan(dataclasses.replace(req, nodes=len(placement.nodes)), nodes, exclude=dead,
+                       pinned=pinned, gpus_in_use=obs.gpus_in_use)  # fmt: skip
     except Unplaceable as err:
         s.pop("placement", None)  # placed afresh once nodes come back
         moved = f"no replacement yet: {err}"
@@ -91,9 +109,9 @@ def restart(
         if len(new.nodes) != len(placement.nodes):
             moves.append(f"shrunk from {len(placement.nodes)} to {len(new.nodes)} nodes")
         moved = "; ".join(moves) or "same nodes"
-    message = f"restart {used + 1}/{fp.max_restarts} of stage {entry['name']}: {cause}; {moved}"
-    st.set_condition(s, st.RESTARTING, True, "GangRestart", message, now, gen)
-    d.warn("Restarting", message)
+    message = f"{what}; {moved}"
+    st.set_condition(s, st.RESTARTING, True, "GangRestart", message, obs.now, job.generation)
+    d.warn(reason, message)  # one Event per restart, named for the failure class
     return True
 
 

@@ -113,9 +113,33 @@ def differs(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
 
 
 def merge_patch(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
-    """A JSON merge patch turning `old` into `new` at the top level (lists are replaced whole)."""
-    patch: dict[str, Any] = copy.deepcopy(dict(new))
+    """A JSON merge patch (RFC 7386) turning `old` into `new`.
+
+    A merge patch merges objects recursively, so a key gone from a nested object (say
+    status.progress.loss after a restart) must be sent as null, or the stored one stays.
+    Lists are replaced whole.
+    """
+    patch: dict[str, Any] = {}
+    for key, value in new.items():
+        before = (old or {}).get(key)
+        if isinstance(value, Mapping) and isinstance(before, Mapping):
+            patch[key] = merge_patch(before, value)
+        else:
+            patch[key] = copy.deepcopy(value)
     for key in old or {}:
         if key not in new:
             patch[key] = None
     return patch
+
+
+def apply_merge_patch(target: Any, patch: Any) -> Any:
+    """What the API server does with a merge patch (RFC 7386), for tests and checks."""
+    if not isinstance(patch, Mapping):
+        return copy.deepcopy(patch)
+    out = dict(target) if isinstance(target, Mapping) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = apply_merge_patch(out.get(key), value)
+    return out

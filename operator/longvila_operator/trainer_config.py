@@ -29,6 +29,7 @@ OWNED = {
     "train.frames": "stages[].frames",
     "checkpoint.every_steps": "checkpoint.everySteps",
     "checkpoint.keep": "checkpoint.keep",
+    "train.collective_timeout_s": "failurePolicy.collectiveTimeoutSeconds",
 }
 
 
@@ -62,6 +63,7 @@ def own_tree(spec: JobSpec, stage: Stage, inherited_rope: float | None) -> dict[
         "context_length": stage.context_length,
         "rope_theta": stage.rope_theta,
         "frames": stage.frames,
+        "collective_timeout_s": spec.failure_policy.collective_timeout_seconds,
     }
     tree: dict[str, Any] = {
         "model": {"llm": spec.model.llm, "vision_tower": spec.model.vision_tower},

@@ -19,8 +19,14 @@ from typing import Any
 
 import pytest
 import yaml
+from longvila_contract import env as contract
 from longvila_localcluster import helm as h
 from longvila_localcluster.cluster import ClusterInfo
+from longvila_localcluster.nodes import NodeSpec, fleet
+from longvila_operator import children
+from longvila_operator.nodes import parse_node
+from longvila_operator.placement import Request, plan
+from longvila_operator.validation import load_job
 from operator_harness import OperatorProcess, job_manifest, wait
 
 CHART = h.CHART_DIR
@@ -103,9 +109,14 @@ def test_a_bad_value_fails_helm_template_naming_the_field(values: dict[str, Any]
 @pytest.mark.cluster
 def test_namespaced_mode_renders_a_role_per_namespace_and_only_cluster_reads_cluster_wide() -> None:
     docs = docs_of(h.template({"watchNamespaces": ["team-a", "team-b"]}, namespace="ops").stdout)
-    roles = by_kind(docs, "Role")
+    leases = [r for r in by_kind(docs, "Role") if r["metadata"]["namespace"] == "kube-node-lease"]
+    assert [r["rules"] for r in leases] == [
+        [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["list", "watch"]}]
+    ]  # node heartbeats, read-only, in their own namespace only
+    roles = [r for r in by_kind(docs, "Role") if r not in leases]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
-    assert sorted(b["metadata"]["namespace"] for b in by_kind(docs, "RoleBinding")) == ["team-a", "team-b"]
+    bindings = sorted(b["metadata"]["namespace"] for b in by_kind(docs, "RoleBinding"))
+    assert bindings == ["kube-node-lease", "team-a", "team-b"]
     (cluster_role,) = by_kind(docs, "ClusterRole")
     cluster_resources = {r for rule in cluster_role["rules"] for r in rule["resources"]}
     assert cluster_resources == {"nodes", "customresourcedefinitions", "namespaces"}
@@ -125,7 +136,8 @@ def test_namespaced_mode_renders_a_role_per_namespace_and_only_cluster_reads_clu
     assert c["args"][:2] == ["--namespace=team-a", "--namespace=team-b"]
 
     wide = docs_of(h.template({"clusterWide": True}).stdout)
-    assert not by_kind(wide, "Role") and not by_kind(wide, "RoleBinding")
+    assert [r["metadata"]["namespace"] for r in by_kind(wide, "Role")] == ["kube-node-lease"]
+    assert [b["metadata"]["namespace"] for b in by_kind(wide, "RoleBinding")] == ["kube-node-lease"]
     (cluster_role,) = by_kind(wide, "ClusterRole")
     wide_resources = {r for rule in cluster_role["rules"] for r in rule["resources"]}
     assert wide_resources == (set(verbs) | {"nodes", "customresourcedefinitions"})
@@ -147,6 +159,8 @@ def test_the_deployment_is_one_recreated_non_root_replica_with_probes() -> None:
         "--liveness-port=8080",
         "--metrics-port=9090",
         "--resync-seconds=10",
+        "--node-heartbeat-grace-seconds=20",
+        "--progress-seconds=5",
     ]
     for probe in (c["livenessProbe"], c["readinessProbe"]):
         assert probe["httpGet"] == {"path": "/healthz", "port": "healthz"}
@@ -164,6 +178,40 @@ def test_the_deployment_is_one_recreated_non_root_replica_with_probes() -> None:
     assert not by_kind(no_metrics, "Service") and not by_kind(no_metrics, "CustomResourceDefinition")
     (dep,) = by_kind(no_metrics, "Deployment")
     assert "--metrics-port=0" in dep["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+@pytest.mark.cluster
+def test_the_pod_monitor_is_off_by_default_and_selects_what_the_trainer_serves() -> None:
+    assert not [d for d in docs_of(h.template().stdout) if d["kind"] == "PodMonitor"]
+    on = {"enabled": True, "interval": "15s", "labels": {"release": "prom"}}
+    cases = (
+        ({"watchNamespaces": ["team-a"]}, {"matchNames": ["team-a"]}),
+        ({"clusterWide": True}, {"any": True}),
+    )
+    for values, where in cases:
+        lint = h.helm(
+            None, "lint", "--strict", str(CHART), "--set-json", f"podMonitor={json.dumps(on)}"
+        ).stdout
+        assert "0 chart(s) failed" in lint, lint
+        (pm,) = [
+            d for d in docs_of(h.template({**values, "podMonitor": on}).stdout) if d["kind"] == "PodMonitor"
+        ]
+        assert (
+            pm["apiVersion"] == "monitoring.coreos.com/v1" and pm["metadata"]["labels"]["release"] == "prom"
+        )
+        assert pm["spec"]["namespaceSelector"] == where
+        (endpoint,) = pm["spec"]["podMetricsEndpoints"]
+        assert endpoint == {"port": "metrics", "path": "/metrics", "interval": "15s"}
+    # It selects node rank 0's trainer pod (where global rank 0 serves), on the port the operator names.
+    job = load_job(job_manifest("pm", "team-a", nodes=2))
+    nodes = [parse_node({**n, "status": {**n["status"], "conditions": [{"type": "Ready", "status": "True"}]}})
+             for n in fleet(NodeSpec(nodes=2, domains=1))]  # fmt: skip
+    pods = children.pods(job, job.spec.stages[0], plan(Request.from_spec(job.spec), nodes), attempt=0)
+    wanted = pm["spec"]["selector"]["matchLabels"]
+    chosen = [p for p in pods if all(p["metadata"]["labels"].get(k) == v for k, v in wanted.items())]
+    assert [p["metadata"]["labels"]["longvila.io/node-rank"] for p in chosen] == ["0"]
+    ports = {p["name"]: p["containerPort"] for p in chosen[0]["spec"]["containers"][0]["ports"]}
+    assert ports["metrics"] == contract.METRICS_PORT
 
 
 # ---- the local cluster: schemas, install, least privilege, upgrade, uninstall ----

@@ -174,7 +174,8 @@ def test_fail_node_replaces_the_lost_rank_in_its_domain_and_counts_one_restart(
         assert {env_of(p)["PET_RDZV_ID"].rsplit("-", 1)[1] for p in after} == {"a1"}
         # The pod stuck on the dead node was force-deleted (no kubelet would finish it).
         wait("a0 pods gone", lambda: not [p for p in pods(apis, ns) if "-a0-" in p.metadata.name], 30)
-        assert "Restarting" in events(apis, ns)
+        assert "NodeLost" in events(apis, ns)  # the Event is named for the failure class
+        assert status["failures"] == {"NodeLost": 1} and status["lastFailure"]["class"] == "NodeLost"
         wait("recovered", lambda: cond(job(apis, ns, "fail"), "Restarting").get("status") == "False", 20)
     finally:
         set_node_managed(local_cluster, "gpu-node-2", managed=True)

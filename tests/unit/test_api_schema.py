@@ -83,7 +83,17 @@ def test_defaults_only_in_spec_and_valid() -> None:
     status = root_schema()["properties"]["status"]
     assert not [p for p, n in walk(status, "status") if "default" in n]
     defaulted = apply_defaults(spec_schema(), BASE_JOB["spec"])
-    assert defaulted["failurePolicy"] == {"maxRestarts": 3, "nodeFailure": "replace", "workerRestarts": 0}
+    assert defaulted["failurePolicy"] == {
+        "maxRestarts": 3,
+        "maxNodeLossRestarts": 10,
+        "maxDisruptionRestarts": 10,
+        "nodeFailure": "replace",
+        "workerRestarts": 0,
+        "hangTimeoutSeconds": 600,
+        "startupTimeoutSeconds": 1800,
+        "collectiveTimeoutSeconds": 1800,
+        "imagePullGraceSeconds": 300,
+    }
     assert defaulted["topology"]["sequenceParallel"]["layout"] == "zigzag"
     assert "env" not in defaulted and "nodeSelector" not in defaulted["topology"]
 
@@ -99,7 +109,7 @@ def test_cel_rules_name_existing_fields() -> None:
                 for chain in cel_fields(expr):
                     cursor = node
                     for part in chain:
-                        if part in {"matches", "startsWith", "size"}:
+                        if part in {"matches", "startsWith", "endsWith", "upperAscii", "size"}:
                             break
                         if path == "" and chain[0] == "metadata":
                             break  # the API server exposes metadata.name to root rules
@@ -116,8 +126,11 @@ def test_printer_columns() -> None:
     assert [c["name"] for c in version["additionalPrinterColumns"]] == [
         "Phase",
         "Stage",
+        "Progress",
         "Nodes",
         "Restarts",
+        "Loss",
+        "Last-Failure",
         "Age",
     ]
     assert version["subresources"] == {"status": {}}
@@ -266,7 +279,7 @@ def spec_with(**changes: Any) -> dict[str, Any]:
             "counts against resources.memory (64Gi)",
         ),
         (
-            spec_with(env=[{"name": "AWS_SECRET_ACCESS_KEY", "value": "x"}]),
+            spec_with(env=[{"name": "AWS_SECRET_ACCESS_KEY", "secretKeyRef": {"name": "s", "key": "k"}}]),
             "set by the operator from spec.checkpoint.credentialsSecret",
         ),
         (spec_with(topology=topology(4, 8, 8, 2, extra=1)), 'unknown field "spec.topology.extra"'),

@@ -131,7 +131,9 @@ def test_resources_shm_security_and_rdma() -> None:
     container = pod["spec"]["containers"][0]
     want = {"nvidia.com/gpu": "8", "rdma/ib": "8", "cpu": "32", "memory": "512Gi"}
     assert container["resources"] == {"requests": want, "limits": want}
-    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["IPC_LOCK"]}
+    # Non-root: an added capability would never be effective (no ambient capabilities); RDMA
+    # pinning needs the memlock rlimit, which is the runtime's (docs/failures.md).
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert (
         pod["spec"]["securityContext"]["runAsNonRoot"] is True
@@ -200,7 +202,7 @@ def test_config_map_holds_the_stage_config_and_is_mounted_where_the_env_says() -
         {
             "model": {"llm": "s3://models/qwen2-7b", "vision_tower": "s3://models/siglip"},
             "data": {"uri": "s3://data/long-video"},
-            "train": {"frames": 256, "lr": 2e-5, "rope_theta": 15.3e6},  # rope: the stage before's
+            "train": {"frames": 256, "lr": 2e-5, "rope_theta": 15.3e6, "collective_timeout_s": 1800},
             "checkpoint": {"every_steps": 200, "keep": 3},
         },
     )
@@ -213,6 +215,7 @@ def test_config_map_holds_the_stage_config_and_is_mounted_where_the_env_says() -
     ext = yaml.safe_load(children.config_map(job, job.spec.stages[0])["data"]["config.yaml"])
     assert ext == merge(preset_tree("context-extension"), ext)  # the 64k recipe
     assert (ext["train"]["context_length"], ext["train"]["rope_theta"]) == (65536, 15.3e6)
+    assert ext["train"]["collective_timeout_s"] == 1800  # failurePolicy.collectiveTimeoutSeconds
 
 
 def test_builders_are_pure_and_json_ready() -> None:
@@ -230,3 +233,15 @@ def test_builders_are_pure_and_json_ready() -> None:
     ]
     assert first == again
     assert json.loads(json.dumps(first)) == first
+
+
+def test_termination_message_and_metrics_port_come_from_the_contract() -> None:
+    job, placement = build()
+    pod = children.pod(job, job.spec.stages[0], placement, 0, attempt=0)
+    c = pod["spec"]["containers"][0]
+    env = plain(pod)
+    # One constant for both: where the kubelet reads the message is where the trainer writes it.
+    assert c["terminationMessagePath"] == contract.TERMINATION_LOG == env[contract.TERMINATION_LOG_VAR]
+    assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    port = next(p["containerPort"] for p in c["ports"] if p["name"] == "metrics")
+    assert port == contract.METRICS_PORT == int(env[contract.METRICS_PORT_VAR])

@@ -1,89 +1,14 @@
-"""The pure reconcile: observed state in, actions and status out, driven through a tiny world.
-
-`World` plays the API server and the kubelets: it applies a Decision to an in-memory set of
-pods (deletes are instant, applied pods appear Pending and unbound) and lets a test bind
-pods, finish them, fail them or kill nodes between reconciles.
-"""
+"""The pure reconcile: observed state in, actions and status out, driven through a tiny world
+(world.py plays the API server and the kubelets)."""
 
 from __future__ import annotations
 
 import copy
-from datetime import UTC, datetime, timedelta
-from typing import Any
 
-from builders import fleet, job_manifest, topology
-from longvila_contract.labels import ANNOTATION_NODE, LABEL_ATTEMPT, LABEL_NODE_RANK, LABEL_STAGE
+from builders import job_manifest, topology
 from longvila_operator import status as st
-from longvila_operator.decision import Decision, Observed, PodView
-from longvila_operator.nodes import NodeInfo, parse_node
-from longvila_operator.reconcile import reconcile
-
-T0 = datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC)
-
-
-class World:
-    def __init__(self, manifest: dict[str, Any], per_domain: dict[str, int] | None = None) -> None:
-        self.body = copy.deepcopy(manifest)
-        self.body["metadata"]["generation"] = 1
-        self.nodes: dict[str, NodeInfo] = {
-            n["metadata"]["name"]: parse_node(n) for n in fleet(per_domain or {"a": 5, "b": 4})
-        }
-        self.pods: dict[str, PodView] = {}
-        self.specs: dict[str, dict[str, Any]] = {}
-        self.now = T0
-
-    def run(self, seconds: float = 1.0) -> Decision:
-        self.now += timedelta(seconds=seconds)
-        d = reconcile(Observed(self.body, list(self.pods.values()), self.nodes, self.now))
-        self.body["status"] = d.status
-        for x in d.delete:
-            self.pods.pop(x.name, None)
-        for o in d.apply:
-            meta = o["metadata"]
-            if o["kind"] == "Pod" and meta["name"] not in self.pods:
-                lb = meta["labels"]
-                self.pods[meta["name"]] = PodView(
-                    name=meta["name"],
-                    stage=lb[LABEL_STAGE],
-                    attempt=int(lb[LABEL_ATTEMPT]),
-                    node_rank=int(lb[LABEL_NODE_RANK]),
-                    created=st.timestamp(self.now),
-                )
-                self.specs[meta["name"]] = o
-        return d
-
-    def set(self, phase: str, exit_code: int | None = None, only: str = "") -> None:
-        for name, p in list(self.pods.items()):
-            if only in name and not p.terminal:
-                node = self.specs[name]["metadata"]["annotations"][ANNOTATION_NODE]
-                self.pods[name] = PodView(
-                    **{**p.__dict__, "phase": phase, "node": node, "exit_code": exit_code}
-                )
-
-    def kill_node(self, name: str) -> None:
-        self.nodes[name] = NodeInfo(**{**self.nodes[name].__dict__, "ready": False})
-
-    def env(self, pod: str) -> dict[str, str]:
-        return {e["name"]: e.get("value", "") for e in self.specs[pod]["spec"]["containers"][0]["env"]}
-
-    def running(self) -> list[str]:
-        return sorted(n for n, p in self.pods.items() if not p.terminal)
-
-    @property
-    def status(self) -> dict[str, Any]:
-        return dict(self.body["status"])
-
-
-def cond(status: dict[str, Any], ctype: str) -> dict[str, Any]:
-    return st.condition(status, ctype) or {}
-
-
-def started(**spec: Any) -> World:
-    w = World(job_manifest(**spec))
-    w.run()
-    w.set("Running")
-    w.run()
-    return w
+from longvila_operator.decision import PodView
+from world import World, cond, started
 
 
 def test_creates_one_pod_per_placed_node_and_nothing_twice() -> None:
@@ -131,7 +56,8 @@ def test_lost_node_restarts_the_gang_keeping_survivors_and_a_spare_in_the_same_d
     assert w.running() == [f"demo-extend-64k-a1-n{r}" for r in range(4)]
     assert {w.env(p)["PET_RDZV_ID"].rsplit("-", 1)[1] for p in w.running()} == {"a1"}
     assert w.status["phase"] == "Restarting" and cond(w.status, "Restarting")["status"] == "True"
-    assert "gpu-1" in next(e.message for e in d.events if e.reason == "Restarting")
+    assert "gpu-1" in next(e.message for e in d.events if e.reason == "NodeLost")
+    assert w.status["failures"] == {"NodeLost": 1} and w.status["lastFailure"]["reason"] == "NodeNotReady"
     w.set("Running")
     w.run()
     assert w.status["phase"] == "Running" and cond(w.status, "Restarting")["status"] == "False"

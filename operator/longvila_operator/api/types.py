@@ -40,6 +40,18 @@ RESOURCE_NAME = "^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Z
 ENV_NAME = "^[A-Za-z_][A-Za-z0-9_]*$"
 QUANTITY = "^[0-9]+([.][0-9]+)?(m|k|M|G|T|P|Ki|Mi|Gi|Ti|Pi)?$"
 RESERVED_ENV_PREFIXES = ("PET_", "LONGVILA_", "TORCHELASTIC_")
+# Names that hold credentials by convention (AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, HF_TOKEN,
+# WANDB_API_KEY, …): a plain value would sit in the job spec and in every pod spec for anyone
+# who can read them, so they come from a Secret or not at all.
+CREDENTIAL_SUFFIXES = (
+    "_TOKEN",
+    "_PASSWORD",
+    "_SECRET",
+    "_SECRET_KEY",
+    "_ACCESS_KEY",
+    "_API_KEY",
+    "_CREDENTIALS",
+)
 
 
 @dataclass(frozen=True)
@@ -394,7 +406,24 @@ class FailurePolicy:
     """What happens when a worker or a node fails."""
 
     max_restarts: int = prop(
-        "Gang restarts allowed per job before it fails.", default=3, minimum=0, maximum=1000
+        "Gang restarts for application faults (worker crash, OOMKilled, hang) before the job fails.",
+        default=3,
+        minimum=0,
+        maximum=1000,
+    )
+    max_node_loss_restarts: int = prop(
+        "Gang restarts after a lost node (NotReady, deleted, or its heartbeat stopped); infrastructure "
+        "faults do not spend maxRestarts.",
+        default=10,
+        minimum=0,
+        maximum=1000,
+    )
+    max_disruption_restarts: int = prop(
+        "Gang restarts after a pod was evicted, preempted or deleted by someone else (DisruptionTarget); "
+        "they do not spend maxRestarts.",
+        default=10,
+        minimum=0,
+        maximum=1000,
     )
     node_failure: str = prop(
         "On node loss: replace the lost pods (spare node, same domain first), shrink to fewer nodes keeping "
@@ -411,6 +440,48 @@ class FailurePolicy:
         default=0,
         minimum=0,
         maximum=10,
+    )
+    hang_timeout_seconds: int = prop(
+        "A gang whose rank 0 reports no new step (and no new checkpoint) for this long is restarted as "
+        "hung; longer than the slowest step plus a checkpoint save. 0 = no hang check.",
+        default=600,
+        minimum=0,
+        maximum=86400,
+    )
+    startup_timeout_seconds: int = prop(
+        "Before the first step of an attempt: how long the gang may take from its pods running to "
+        "its first step (rendezvous, loading weights) before it counts as hung.",
+        default=1800,
+        minimum=10,
+        maximum=86400,
+    )
+    collective_timeout_seconds: int = prop(
+        "The trainer's collective timeout (torch.distributed process-group timeout): a rank waiting this "
+        "long for a peer fails. Longer than hangTimeoutSeconds, so the operator sees a hang as a hang.",
+        default=1800,
+        minimum=60,
+        maximum=259200,
+    )
+    image_pull_grace_seconds: int = prop(
+        "A worker that cannot pull its image (ErrImagePull, ImagePullBackOff) or build its container "
+        "(CreateContainerConfigError) this long fails the job as a permanent error.",
+        default=300,
+        minimum=0,
+        maximum=86400,
+    )
+
+    RULES: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            # has(): the API server also checks the rule against the spec's default `{}`.
+            rule="!has(self.hangTimeoutSeconds) || !has(self.collectiveTimeoutSeconds) "
+            "|| self.hangTimeoutSeconds == 0 || self.collectiveTimeoutSeconds > self.hangTimeoutSeconds",
+            message="collectiveTimeoutSeconds must exceed hangTimeoutSeconds (or set hangTimeoutSeconds 0): "
+            "a hung collective must reach the operator's hang check before the workers' own timeout",
+            check=lambda f: (
+                f.hang_timeout_seconds == 0 or f.collective_timeout_seconds > f.hang_timeout_seconds
+            ),
+            field_path=".collectiveTimeoutSeconds",
+        ),
     )
 
 
@@ -494,6 +565,15 @@ class EnvVar:
             rule="has(self.value) != has(self.secretKeyRef)",
             message="set exactly one of value and secretKeyRef",
             check=lambda e: (e.value is None) != (e.secret_key_ref is None),
+        ),
+        Rule(
+            rule="!has(self.value) || !("
+            + " || ".join(f"self.name.upperAscii().endsWith('{x}')" for x in CREDENTIAL_SUFFIXES)
+            + ")",
+            message="a credential (a name ending in " + ", ".join(CREDENTIAL_SUFFIXES) + ") must come from a "
+            "Secret: use secretKeyRef, not value",
+            check=lambda e: e.value is None or not e.name.upper().endswith(CREDENTIAL_SUFFIXES),
+            field_path=".value",
         ),
     )
 
@@ -600,6 +680,50 @@ class PlacementStatus:
 
 
 @api_object
+class FailureStatus:
+    """The last failure the operator classified (longvila_operator.failures)."""
+
+    class_: str = prop(
+        "Failure class: NodeLost, Disrupted, PermanentError, OOMKilled, Hang or WorkerCrash.", max_length=64
+    )
+    reason: str = prop("What gave it away, CamelCase (NodeNotReady, TerminationMessage…).", max_length=128)
+    message: str = prop("Human-readable detail.", max_length=4096)
+    # No `format: date-time` on fields outside lists: the apiserver's published OpenAPI for
+    # JSONSchemaProps lacks `format`, so strict schema checks (kubeconform) would refuse the CRD.
+    time: str = prop("When the operator classified it (RFC 3339).", max_length=64)
+    stage: str = prop("The stage it broke.", max_length=32)
+    attempt: int = prop("The stage attempt it broke.", minimum=0)
+    action: str = prop("What followed: Restart or Fail.", enum=("Restart", "Fail"), max_length=16)
+
+
+@api_object
+class ProgressStatus:
+    """The current stage's training progress, read from global rank 0's metrics (fields after
+    Kubeflow Trainer's trainerStatus), rewritten at most every few seconds."""
+
+    stage: str = prop("The stage it is about.", max_length=32)
+    attempt: int = prop("The stage attempt the figures come from.", minimum=0)
+    step: int = prop("Optimizer steps completed.", minimum=0)
+    max_steps: int = prop("Optimizer steps of the stage (0 until rank 0 knows).", minimum=0)
+    percentage: int = prop("step / maxSteps in percent.", minimum=0, maximum=100)
+    loss: float | None = prop("The last step's mean loss.", default=None)
+    tokens_per_second: float | None = prop("The last step's tokens per second.", default=None, minimum=0)
+    estimated_remaining_seconds: int | None = prop(
+        "(maxSteps - step) × the last step's seconds.", default=None, minimum=0
+    )
+    last_checkpoint_step: int = prop("Step of the newest complete checkpoint (0: none).", minimum=0)
+    summary: str = prop("What `kubectl get lvj` prints: step/maxSteps (percent).", max_length=64)
+    last_progress_time: str | None = prop(
+        "When the operator last saw a new step or checkpoint (RFC 3339; the hang check counts from here).",
+        default=None,
+        max_length=64,
+    )
+    last_updated_time: str = prop("When these figures were written (RFC 3339).", max_length=64)
+    error: str | None = prop("Why rank 0's metrics could not be read, when they could not.", default=None,
+                             max_length=1024)  # fmt: skip
+
+
+@api_object
 class JobStatus:
     """Observed state, written by the operator through the status subresource."""
 
@@ -609,7 +733,15 @@ class JobStatus:
         "Per-stage progress.", factory=tuple, max_items=16, list_map_keys=("name",)
     )
     placement: PlacementStatus | None = prop("Where the current stage runs.", default=None)
-    restarts: int = prop("Gang restarts so far (all stages).", default=0, minimum=0)
+    restarts: int = prop("Gang restarts so far (all stages, every class).", default=0, minimum=0)
+    failures: dict[str, int] = prop(
+        "Failures so far by class (NodeLost, Disrupted, PermanentError, OOMKilled, Hang, WorkerCrash); "
+        "each restarted the gang once or failed the job.",
+        factory=dict,
+        max_properties=32,
+    )
+    last_failure: FailureStatus | None = prop("The last failure, classified.", default=None)
+    progress: ProgressStatus | None = prop("Training progress of the current stage.", default=None)
     conditions: tuple[Condition, ...] = prop(
         "Standard conditions.", factory=tuple, max_items=32, list_map_keys=("type",)
     )
