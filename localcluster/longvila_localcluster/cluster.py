@@ -25,7 +25,7 @@ from typing import Any
 from .nodes import KWOK_ANNOTATION, KWOK_ANNOTATION_VALUE, NodeSpec, fleet
 from .probes import free_ports, wait_for
 from .processes import Supervisor
-from .s3 import start_versitygw
+from .s3 import S3Server, restart_versitygw, start_versitygw
 
 STAGES_FILE = Path(__file__).resolve().parent / "stages" / "kwok-stages.yaml"
 S3_SECRET_NAME = "longvila-s3"
@@ -36,6 +36,9 @@ S3_SECRET_NAME = "longvila-s3"
 NODE_LEASE_SECONDS = 4
 NODE_MONITOR_GRACE_SECONDS = 6
 TOLERATION_SECONDS = 2
+# The operator's --node-heartbeat-grace-seconds here: KWOK renews about every second (2-3 s
+# on a loaded machine), so a node silent for 4 s is lost, 2 s before it turns NotReady.
+NODE_HEARTBEAT_GRACE_SECONDS = 4
 
 
 @dataclass(frozen=True)
@@ -332,6 +335,11 @@ class LocalCluster:
         (d / "env").write_text("".join(f"export {k_}={json.dumps(v)}\n" for k_, v in env.items()))
         progress(f"cluster up in {time.monotonic() - start:.1f}s")
         return info
+
+    def restart_s3(self, info: ClusterInfo) -> float:
+        """Kill the S3 server and start it again (same port, data, keys); seconds it was gone."""
+        server = S3Server(info.s3_endpoint, info.s3_access_key, info.s3_secret_key, info.s3_bucket)
+        return restart_versitygw(self.sup, self.bin["versitygw"], self.run_dir / "s3", server)
 
     def down(self, remove_data: bool = True) -> list[str]:
         stopped = self.sup.stop_recorded()

@@ -38,7 +38,7 @@ import yaml
 
 from . import helm
 from .build import ensure_all
-from .cluster import ClusterInfo, LocalCluster, set_node_managed
+from .cluster import NODE_HEARTBEAT_GRACE_SECONDS, ClusterInfo, LocalCluster, set_node_managed
 from .demo_report import checkpoint_listing, stage_checkpoints, stage_table
 from .nodes import NodeSpec
 from .podrunner import TRAINER_PODS, PodRunner
@@ -72,6 +72,8 @@ class DemoOptions:
 class DemoReport:
     phase: str = ""
     restarts: int = 0
+    failures: dict[str, int] = field(default_factory=dict)  # status.failures: by class
+    progress: list[str] = field(default_factory=list)  # status.progress.summary as it changed
     failed_node: str = ""
     resumed: list[str] = field(default_factory=list)  # "resumed from step N …" lines
     # node rank 0's pod name without its -n0 suffix (<job>-<stage>-a<attempt>) → step → loss
@@ -140,9 +142,12 @@ def watch(info: ClusterInfo, opts: DemoOptions, name: str, runner_dir: Path, say
         job = read_job(info, name)
         st = job.get("status") or {}
         now = (st.get("phase") or "Pending", st.get("stage") or "", int(st.get("restarts") or 0))
+        summary = str((st.get("progress") or {}).get("summary") or "")
         if now != seen:
             say(f"job {name}: phase {now[0]}, stage {now[1] or '-'}, restarts {now[2]}")
             seen = now
+        if summary and summary != (report.progress or [""])[-1]:
+            report.progress.append(summary)  # what `kubectl get lvj` shows in its Progress column
         for line in tail.lines():
             text = line.split(": ", 1)[1]
             if SHOWN.match(text):
@@ -158,12 +163,14 @@ def watch(info: ClusterInfo, opts: DemoOptions, name: str, runner_dir: Path, say
             steps = stage_checkpoints(info, prefix).complete_steps()
             nodes = (st.get("placement") or {}).get("nodes") or []
             if steps and len(nodes) > 1:
+                say(kubectl(info, "get", "longvilajob", name, "-n", NAMESPACE).rstrip())  # progress so far
                 report.failed_node = nodes[1]["name"]
                 say(f"stage {last} has a complete checkpoint (step {steps[-1]}): failing node rank 1, "
                     f"{report.failed_node} (its heartbeats stop and its processes die)")  # fmt: skip
                 set_node_managed(info, report.failed_node, managed=False)
         if now[0] in ("Succeeded", "Failed"):
             report.phase, report.restarts, report.stages = now[0], now[2], list(st.get("stages") or [])
+            report.failures = dict(st.get("failures") or {})
             return report
         time.sleep(1.0)
     raise DemoError(f"job {name} did not finish in {opts.timeout_s:.0f}s; pod logs under {runner_dir}/pods")
@@ -211,7 +218,13 @@ def run_demo(opts: DemoOptions, say: Callable[[str], None] = print) -> DemoRepor
         ).start()  # fmt: skip
         clock("helm install charts/longvila-operator (namespace longvila-system, watching namespace default)")
         live, metrics = free_ports(2)  # the operator runs on this machine: no fixed ports
-        values = {"watchNamespaces": [NAMESPACE], "livenessPort": live, "metrics": {"port": metrics}}
+        values = {
+            "watchNamespaces": [NAMESPACE], "livenessPort": live, "metrics": {"port": metrics},
+            "nodeHeartbeatGraceSeconds": NODE_HEARTBEAT_GRACE_SECONDS, "progressSeconds": 2,
+            # The operator on the last node, which placement leaves to the end: the node the
+            # demo fails is the job's, not the operator's (that is the chaos run's fault).
+            "nodeSelector": {"kubernetes.io/hostname": info.nodes[-1]},
+        }  # fmt: skip
         helm.install_operator_chart(info, "longvila", OPERATOR_NAMESPACE, values)
         job = demo_job(opts.job_file, info, weights)
         (work / "job.yaml").write_text(yaml.safe_dump(job, sort_keys=False))

@@ -10,11 +10,18 @@ Lifecycle, per tick (`--interval`, default 0.5 s):
 1. A process whose node died (`longvila-cluster fail-node`: KWOK no longer manages the
    node) is SIGKILLed with its whole process tree at once, and nothing is reported: a dead
    kubelet reports nothing, the node lifecycle controller takes over.
-2. A process whose pod is being deleted or is gone gets SIGTERM, then SIGKILL after
-   min(terminationGracePeriodSeconds, --max-grace) seconds, like a kubelet's kill.
-3. An exited process is reported: phase Succeeded or Failed with the exit code.
-4. New Running pods are started (after 1 and 2, so a restarted gang never meets the
-   processes of the previous attempt on its ports).
+2. A process whose pod is being deleted gets SIGTERM, then SIGKILL after the deletion's
+   grace (at most --max-grace seconds), and then the runner removes the pod object, as a
+   kubelet does once its containers are stopped (KWOK's own pod-delete stage leaves pods
+   the runner runs alone: they carry RUN_BY). A pod that is gone at once was deleted with
+   grace 0: its processes are SIGKILLed.
+3. An exited process is reported: phase Succeeded or Failed with the exit code and the
+   termination message (podspec.termination_message).
+4. New Running pods are started, but not while a process of an earlier pod still holds
+   the same loopback address (a restarted gang's rank 0 would find the old one's ports
+   taken; in a cluster each pod has its own network namespace), and their pod IP is set
+   to their loopback address, where clients such as the operator's progress scraper
+   reach them.
 
 Process trees: torchrun starts its workers in new sessions, so killing torchrun's group
 would orphan them. The runner becomes a child subreaper and kills every descendant of a
@@ -45,6 +52,7 @@ from .cluster import ClusterInfo, LocalCluster, write_token_kubeconfig
 from .nodes import KWOK_ANNOTATION
 
 _PR_SET_PDEATHSIG, _PR_SET_CHILD_SUBREAPER = 1, 36
+RUN_BY = "longvila.io/local-kubelet"  # annotation on pods the runner runs (kwok-stages.yaml skips them)
 TRAINER_PODS = "app.kubernetes.io/managed-by=longvila-operator"
 # The ENTRYPOINTs of our images (images/*/Dockerfile; tests/unit/test_podspec.py holds them
 # together), for containers that give only args, as the chart's operator Deployment does.
@@ -91,6 +99,23 @@ def kill_tree(pid: int, sig: int) -> None:
                 os.waitpid(p, 0)
 
 
+def read_head(path: Path, n: int) -> bytes:
+    try:
+        with path.open("rb") as f:
+            return f.read(n)
+    except OSError:
+        return b""
+
+
+def read_tail(path: Path, n: int) -> bytes:
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - n))
+            return f.read()
+    except OSError:
+        return b""
+
+
 @dataclass
 class Running:
     pod: str  # namespace/name
@@ -99,6 +124,9 @@ class Running:
     proc: subprocess.Popen[bytes]
     started: str
     log: Path
+    termination_log: Path
+    fallback_to_logs: bool
+    address: str  # its pod's loopback address
     term_sent: float = 0.0  # monotonic time of SIGTERM, 0 = not sent
 
 
@@ -193,29 +221,56 @@ class PodRunner:
                 self.say(f"[runner] {k}: node {r.node} died; its processes were killed")
                 self.done.add(r.uid)
                 del self.procs[k]
-            elif pod is None or pod["metadata"]["uid"] != r.uid or pod["metadata"].get("deletionTimestamp"):
+            elif pod is None or pod["metadata"]["uid"] != r.uid:  # deleted with grace 0
+                kill_tree(r.proc.pid, signal.SIGKILL)
+                r.proc.wait()
+                self.say(f"[runner] {k}: pod deleted at once; SIGKILL")
+                self.done.add(r.uid)
+                del self.procs[k]
+            elif pod["metadata"].get("deletionTimestamp"):
                 self._terminate(k, r, pod)
         for k, r in list(self.procs.items()):
             code = r.proc.poll()
             if code is not None and k in self.procs:
                 self._report(k, r, by_key.get(k), code)
+        for p in pods:  # deleted pods whose processes are gone: the pod object goes too
+            meta, gone = p["metadata"], podspec.key(p) not in self.procs
+            ours = RUN_BY in (meta.get("annotations") or {}) and p["spec"].get("nodeName") in live
+            if meta.get("deletionTimestamp") and ours and gone:
+                self._finalize(p)
         for p in pods:
             self._maybe_start(p, pods, live)
 
-    def _terminate(self, k: str, r: Running, pod: Mapping[str, Any] | None) -> None:
-        grace = self.max_grace
-        if pod is not None:
-            grace = min(grace, float(pod["spec"].get("terminationGracePeriodSeconds", 30)))
+    def _finalize(self, pod: Mapping[str, Any]) -> None:
+        meta = pod["metadata"]
+        body = {"gracePeriodSeconds": 0, "preconditions": {"uid": meta["uid"]}}
+        with contextlib.suppress(Exception):  # gone already, or replaced by a new pod of that name
+            self.core.delete_namespaced_pod(meta["name"], meta["namespace"], body=body)
+
+    def _terminate(self, k: str, r: Running, pod: Mapping[str, Any]) -> None:
+        asked = pod["metadata"].get("deletionGracePeriodSeconds")
+        if asked is None:
+            asked = pod["spec"].get("terminationGracePeriodSeconds", 30)
+        grace = min(self.max_grace, float(asked))
         if not r.term_sent:
             kill_tree(r.proc.pid, signal.SIGTERM)
+            kill_tree(r.proc.pid, signal.SIGCONT)  # a stopped process acts on SIGTERM only once continued
             r.term_sent = time.monotonic()
             self.say(f"[runner] {k}: pod deleted; SIGTERM (SIGKILL after {grace:.0f}s)")
         if r.proc.poll() is None and time.monotonic() - r.term_sent < grace:
             return
         kill_tree(r.proc.pid, signal.SIGKILL)
-        r.proc.wait()
+        code = r.proc.wait()
         self.done.add(r.uid)
         del self.procs[k]
+        # Stopped, as a kubelet reports it: a finalizer (Kueue's) lets the pod go only once
+        # it is terminal; then the object goes.
+        with contextlib.suppress(Exception):
+            stopped = podspec.terminated(pod, 128 - code if code < 0 else code, r.started, _now())
+            self.core.patch_namespaced_pod_status(
+                pod["metadata"]["name"], pod["metadata"]["namespace"], stopped
+            )
+        self._finalize(pod)
 
     def _report(self, k: str, r: Running, pod: Mapping[str, Any] | None, code: int) -> None:
         kill_tree(r.proc.pid, signal.SIGKILL)  # workers a dead launcher left behind
@@ -225,15 +280,22 @@ class PodRunner:
         if pod is None or pod["metadata"]["uid"] != r.uid:
             return
         ns, name = k.split("/", 1)
-        patch = podspec.terminated(pod, code, r.started, _now())
+        message = podspec.termination_message(
+            read_head(r.termination_log, podspec.MESSAGE_BYTES), read_tail(r.log, podspec.FALLBACK_BYTES + 1),
+            code, r.fallback_to_logs,
+        )  # fmt: skip
+        patch = podspec.terminated(pod, code, r.started, _now(), message)
         self.core.patch_namespaced_pod_status(name, ns, patch)
         self.say(f"[runner] {k}: exited {code} → {patch['status']['phase']} (log {r.log})")
 
     def _maybe_start(self, pod: Mapping[str, Any], pods: list[dict[str, Any]], live: set[str]) -> None:
         k, meta = podspec.key(pod), pod["metadata"]
         node = pod["spec"].get("nodeName", "")
+        address = podspec.pod_address(pod)
+        busy = address != "127.0.0.1" and any(r.address == address for r in self.procs.values())
         if (
-            k in self.procs
+            busy
+            or k in self.procs
             or meta["uid"] in self.done
             or meta.get("deletionTimestamp")
             or pod.get("status", {}).get("phase") != "Running"
@@ -264,14 +326,30 @@ class PodRunner:
             m.local.mkdir(parents=True, exist_ok=True)
             for name, text in m.files.items():
                 (m.local / name).write_text(text)
+        plan.termination_log.write_text("")  # the kubelet creates it, empty and writable
+        try:  # from now on the runner, not KWOK, removes this pod when it is deleted
+            self.core.patch_namespaced_pod(
+                meta["name"], ns, {"metadata": {"annotations": {RUN_BY: "runner"}}}
+            )
+        except Exception:
+            return  # gone meanwhile
         log = pod_dir / "log"
         with log.open("wb") as out:
             proc = subprocess.Popen(
                 plan.argv, env=dict(plan.env), cwd=plan.cwd, stdout=out, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, preexec_fn=lambda: _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL),
             )  # fmt: skip
-        self.procs[k] = Running(k, meta["uid"], node, proc, _now(), log)
-        self.say(f"[runner] {k}: started on {node} as {podspec.pod_address(pod)}: {' '.join(plan.argv)}")
+        self.procs[k] = Running(
+            k, meta["uid"], node, proc, _now(), log, plan.termination_log, plan.fallback_to_logs, address
+        )
+        # A JSON patch: a strategic merge would add to KWOK's podIPs (one per family is allowed).
+        ips = [
+            {"op": "add", "path": "/status/podIP", "value": address},
+            {"op": "add", "path": "/status/podIPs", "value": [{"ip": address}]},
+        ]
+        with contextlib.suppress(Exception):  # the pod may be gone already; the next tick sees it
+            self.core.patch_namespaced_pod_status(meta["name"], ns, ips)
+        self.say(f"[runner] {k}: started on {node} as {address}: {' '.join(plan.argv)}")
 
     # -- loop -------------------------------------------------------------------------------
 

@@ -18,6 +18,12 @@ local processes; this module decides *what* to run, over plain-dict pods:
 - Volumes: ConfigMap volumes are written as files under the pod's directory and emptyDirs
   become directories there; paths under a mountPath in env values and args are rewritten
   to the local copy. A memory emptyDir at /dev/shm is the host's /dev/shm.
+- Termination message: the container's terminationMessagePath becomes a file in the pod's
+  directory (env values naming the path are rewritten to it); `termination_message` reads
+  it back as a kubelet does, falling back to the log's tail under FallbackToLogsOnError.
+- Listening: processes share this machine's network namespace, so a server that would bind
+  0.0.0.0 in its pod is told its pod address instead (LONGVILA_METRICS_ADDR, the trainer's
+  metrics), and the runner reports that address as the pod's IP.
 """
 
 from __future__ import annotations
@@ -29,10 +35,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from longvila_contract.env import METRICS_ADDR_VAR
 from longvila_contract.labels import LABEL_NODE_RANK
 
 _DNS = re.compile(r"\b([a-z0-9]([-a-z0-9.]*[a-z0-9])?)\.svc(\.cluster\.local)?\b")
 SHM = "/dev/shm"
+TERMINATION_LOG = "/dev/termination-log"  # the kubelet's default terminationMessagePath
+MESSAGE_BYTES, FALLBACK_BYTES, FALLBACK_LINES = 4096, 2048, 80  # what a kubelet keeps
 
 
 class PodSpecError(ValueError):
@@ -52,6 +61,8 @@ class Launch:
     env: Mapping[str, str]
     cwd: Path
     mounts: tuple[Mount, ...]
+    termination_log: Path  # the local file behind terminationMessagePath
+    fallback_to_logs: bool  # terminationMessagePolicy FallbackToLogsOnError
 
 
 def key(pod: Mapping[str, Any]) -> str:
@@ -201,9 +212,11 @@ def launch(
     c = _container(pod)
     ms = mounts(pod, pod_dir, config_maps)
     names = dns_names(pods)
+    term_path = str(c.get("terminationMessagePath") or TERMINATION_LOG)
+    term_log = pod_dir / "termination-log"
 
     def local(v: str) -> str:
-        return rewrite_paths(rewrite_hosts(v, names), ms)
+        return str(term_log) if v == term_path else rewrite_paths(rewrite_hosts(v, names), ms)
 
     env = {
         "PATH": path,
@@ -211,6 +224,7 @@ def launch(
         "TMPDIR": str(pod_dir / "tmp"),  # a container's /tmp is its own
         "HOSTNAME": pod["spec"].get("hostname") or pod["metadata"]["name"],
         "PYTHONUNBUFFERED": "1",
+        METRICS_ADDR_VAR: pod_address(pod),
     }
     env.update(extra_env or {})
     for var in c.get("env") or []:
@@ -218,7 +232,24 @@ def launch(
         if value is not None:
             env[var["name"]] = local(value)
     argv = tuple(local(a) for a in command(pod, entrypoints or {}))
-    return Launch(argv=argv, env=env, cwd=pod_dir, mounts=ms)
+    fallback = c.get("terminationMessagePolicy") == "FallbackToLogsOnError"
+    return Launch(
+        argv=argv, env=env, cwd=pod_dir, mounts=ms, termination_log=term_log, fallback_to_logs=fallback
+    )
+
+
+def termination_message(file_text: bytes, log_tail: bytes, code: int, fallback_to_logs: bool) -> str:
+    """What a kubelet puts in state.terminated.message: the file (its first 4096 bytes), or,
+    under FallbackToLogsOnError, for a failed container with an empty file, the log's last
+    80 lines within 2048 bytes."""
+    if file_text:
+        return file_text[:MESSAGE_BYTES].decode(errors="replace")
+    if not fallback_to_logs or code == 0:
+        return ""
+    lines = log_tail[-FALLBACK_BYTES:].decode(errors="replace").splitlines()
+    if len(log_tail) > FALLBACK_BYTES and lines:
+        lines = lines[1:]  # the first line was cut
+    return "\n".join(lines[-FALLBACK_LINES:])
 
 
 def terminated(

@@ -33,11 +33,16 @@ class S3Server:
         )
 
 
-def start_versitygw(sup: Supervisor, binary: Path, data_dir: Path, port: int, bucket: str) -> S3Server:
-    """Starts versitygw (posix backend) on 127.0.0.1:port with fresh credentials and makes `bucket`."""
+def start_versitygw(
+    sup: Supervisor, binary: Path, data_dir: Path, port: int, bucket: str, keys: tuple[str, str] | None = None
+) -> S3Server:
+    """Starts versitygw (posix backend) on 127.0.0.1:port and makes `bucket` (if it is not there).
+
+    `keys`: (access, secret) to keep, e.g. when restarting a server its clients know; else fresh ones.
+    """
     import botocore.exceptions
 
-    access, secret = "lv" + secrets.token_hex(8), secrets.token_hex(20)
+    access, secret = keys or ("lv" + secrets.token_hex(8), secrets.token_hex(20))
     data_dir.mkdir(parents=True, exist_ok=True)
     sup.start(
         "versitygw",
@@ -52,10 +57,30 @@ def start_versitygw(sup: Supervisor, binary: Path, data_dir: Path, port: int, bu
             client.create_bucket(Bucket=bucket)
         except botocore.exceptions.EndpointConnectionError:
             return False
+        except botocore.exceptions.ClientError as e:  # a restart finds its bucket on disk
+            return e.response.get("Error", {}).get("Code") in (
+                "BucketAlreadyOwnedByYou",
+                "BucketAlreadyExists",
+            )
         return True
 
     wait_for("the S3 server", create, 30, sup.check_alive)
     return server
+
+
+def restart_versitygw(sup: Supervisor, binary: Path, data_dir: Path, server: S3Server) -> float:
+    """SIGKILLs the running versitygw and starts it again on the same port, data and keys, as
+    when its pod is rescheduled; returns the seconds it was not answering."""
+    import signal
+    import time
+
+    t0 = time.monotonic()
+    proc = sup.procs["versitygw"]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    port = int(server.endpoint.rsplit(":", 1)[1])
+    start_versitygw(sup, binary, data_dir, port, server.bucket, keys=(server.access_key, server.secret_key))
+    return time.monotonic() - t0
 
 
 @contextmanager

@@ -8,6 +8,7 @@ second stage has a checkpoint, and the needle-in-a-haystack table on the final w
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,13 @@ def test_demo_trains_two_stages_through_a_node_failure(tmp_path: Path) -> None:
     assert report.phase == "Succeeded"
     assert [s["phase"] for s in report.stages] == ["Succeeded", "Succeeded"]
     assert report.failed_node, "no node was failed"
-    assert report.restarts >= 1 and report.stages[1]["restarts"] >= 1
+    # One fault, one restart: the node loss is found (its heartbeats stopped) before the gang
+    # restarts, so the lost rank moves in that one restart (issue 14).
+    assert report.restarts == 1 and report.stages[1]["restarts"] == 1, report
+    assert report.failures == {"NodeLost": 1}, report.failures
+    # `kubectl get lvj` shows progress while it trains, and the finished stage complete.
+    assert any(re.fullmatch(r"[1-7]/8 \(\d+%\)", p) for p in report.progress), report.progress
+    assert report.progress[-1] == "8/8 (100%)", report.progress
     # The replacement ran the lost rank somewhere else, and training resumed from S3.
     assert f"node {report.failed_node} died; its processes were killed" in log
     assert any("resumed from step" in r and "/long-sft" in r for r in report.resumed), report.resumed

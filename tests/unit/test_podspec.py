@@ -151,3 +151,23 @@ def test_exit_becomes_a_terminated_status(code: int, phase: str, reason: str) ->
     assert patch["phase"] == phase
     state = patch["containerStatuses"][0]["state"]["terminated"]
     assert state == {"exitCode": code, "reason": reason, "startedAt": "t0", "finishedAt": "t1"}
+
+
+def test_the_termination_message_file_is_the_pods_own_and_read_back_as_a_kubelet_does(tmp_path: Path) -> None:
+    p = pod("demo-a0-n01", 1, env=[{"name": "LONGVILA_TERMINATION_LOG", "value": "/dev/termination-log"}])
+    p["spec"]["containers"][0]["terminationMessagePolicy"] = "FallbackToLogsOnError"
+    plan = podspec.launch(
+        p, [p], pod_dir=tmp_path, path="/bin", secrets={}, config_maps=CONFIG_MAPS, entrypoints=ENTRYPOINTS
+    )
+    assert (
+        plan.env["LONGVILA_TERMINATION_LOG"] == str(tmp_path / "termination-log") == str(plan.termination_log)
+    )
+    assert plan.fallback_to_logs and plan.env["LONGVILA_METRICS_ADDR"] == podspec.pod_address(p)
+    line = b"longvila-train: error: data.uri: nope\n"
+    assert podspec.termination_message(line, b"log", 1, True) == line.decode()  # the file wins
+    assert podspec.termination_message(b"x" * 5000, b"", 1, True) == "x" * 4096  # kubelet's cut
+    log = b"".join(f"line {i}\n".encode() for i in range(500))
+    tail = podspec.termination_message(b"", log[-2049:], 1, True)
+    assert tail.splitlines()[-1] == "line 499" and len(tail.splitlines()) == 80 and len(tail) <= 2048
+    assert podspec.termination_message(b"", log, 0, True) == ""  # only a failed container falls back
+    assert podspec.termination_message(b"", log, 1, False) == ""  # File policy: the file or nothing

@@ -2,9 +2,13 @@
 
     python -m longvila_localcluster.benches.operator_scale [--nodes 32] [--domains 4] [--json]
 
+0. The nodes usable: `cluster up` returns once every node is Ready, but the node lifecycle
+   controller removes each new node's `node.kubernetes.io/not-ready` taint only after it
+   has seen it Ready, one by one; placement (like the scheduler) skips tainted nodes. The
+   clock for 1. starts once no node is tainted, and the wait is reported on its own.
 1. `create` of a 32-node LongVILAJob → all 32 pods bound, then Running; the operator's API
    requests in that window (its own counter: the reconcile layer's reads and writes; kopf's
-   watch streams, one per resource kind, are not in it), its CPU seconds and RSS.
+   watch streams, one per resource kind, are not in it), its status writes, CPU seconds, RSS.
 2. fail-node under a 28-node job (one block of spares left in the last domain) → every pod
    of the restarted gang Running again, the lost rank on a spare in its own domain.
 """
@@ -12,17 +16,13 @@
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -30,66 +30,16 @@ from longvila_operator import crd
 from longvila_operator.api import GROUP, PLURAL, VERSION
 
 from longvila_localcluster.build import ensure_all
-from longvila_localcluster.cluster import ClusterInfo, LocalCluster, set_node_managed
+from longvila_localcluster.cluster import (
+    NODE_HEARTBEAT_GRACE_SECONDS,
+    ClusterInfo,
+    LocalCluster,
+    set_node_managed,
+)
 from longvila_localcluster.nodes import NodeSpec
+from longvila_localcluster.operator_process import OperatorProcess
 from longvila_localcluster.probes import poll
 from longvila_localcluster.versions import load_versions
-
-
-def port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def pdeathsig() -> None:
-    ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)
-
-
-class Operator:
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.metrics_port, live = port(), port()
-        argv = [
-            sys.executable,
-            "-m",
-            "longvila_operator.main",
-            "-A",
-            "--metrics-port",
-            str(self.metrics_port),
-        ]
-        argv += ["--liveness-port", str(live)]
-        with log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                argv, env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=pdeathsig
-            )
-
-        def healthy() -> bool:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{live}/healthz", timeout=1) as r:
-                    return bool(r.status == 200)
-            except OSError:
-                return False
-
-        poll("operator /healthz", healthy, 60, 0.2)
-
-    def requests(self) -> int:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
-            lines = r.read().decode().splitlines()
-        return int(
-            sum(float(ln.rsplit(" ", 1)[1]) for ln in lines if ln.startswith("longvila_api_requests_total"))
-        )
-
-    def cpu_rss(self) -> tuple[float, int]:
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        return cpu, int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
 
 
 def job(name: str, nodes: int, ulysses: int = 8, ring: int = 4) -> dict[str, Any]:
@@ -125,7 +75,20 @@ def gang(core: Any, prefix: str, n: int) -> tuple[int, int, int]:
     return len(pods), bound, sum(p.get("status", {}).get("phase") == "Running" for p in pods)
 
 
-def measure(info: ClusterInfo, op: Operator, nodes: int) -> dict[str, Any]:
+def tainted(core: Any) -> int:
+    """Nodes still carrying a taint (new nodes start with node.kubernetes.io/not-ready)."""
+    items = json.loads(core.list_node(_preload_content=False).data)["items"]
+    return sum(1 for n in items if (n.get("spec") or {}).get("taints"))
+
+
+def status_writes(op: OperatorProcess) -> int:
+    """PATCHes of LongVILAJobs: the operator writes a job only through its status subresource."""
+    found = op.metrics().items()
+    return int(sum(v for k, v in found if k.startswith("longvila_api_requests_total{") and 'verb="PATCH"' in k
+                   and 'kind="LongVILAJob"' in k))  # fmt: skip
+
+
+def measure(info: ClusterInfo, op: OperatorProcess, nodes: int, up_at: float) -> dict[str, Any]:
     from kubernetes import client as k
 
     api = LocalCluster.client(info)
@@ -134,8 +97,13 @@ def measure(info: ClusterInfo, op: Operator, nodes: int) -> dict[str, Any]:
     core.create_namespace({"metadata": {"name": "bench"}})
     out: dict[str, Any] = {}
 
+    # 0. every node Ready (cluster up) and untainted (the node lifecycle controller)
+    at_up = tainted(core)
+    poll("no node tainted", lambda: tainted(core) == 0, 300, 0.2)
+    out["nodes"] = {"tainted_at_up": at_up, "untainted_s_after_up": round(time.monotonic() - up_at, 2)}
+
     # 1. create → bound → Running
-    req0, (cpu0, _) = op.requests(), op.cpu_rss()
+    req0, (cpu0, _), writes0 = op.api_requests(), op.cpu_seconds_and_rss(), status_writes(op)
     t0 = time.monotonic()
     custom.create_namespaced_custom_object(GROUP, VERSION, "bench", PLURAL, job("big", nodes))
     t_bound = t_created = None
@@ -152,13 +120,14 @@ def measure(info: ClusterInfo, op: Operator, nodes: int) -> dict[str, Any]:
         time.sleep(0.1)
     t_running = time.monotonic() - t0
     time.sleep(2.0)  # let the status write and Events land before counting
-    cpu1, rss1 = op.cpu_rss()
+    cpu1, rss1 = op.cpu_seconds_and_rss()
     out["create"] = {
         "pods": nodes,
         "created_s": round(t_created or 0.0, 2),
         "bound_s": round(t_bound or 0.0, 2),
         "running_s": round(t_running, 2),
-        "api_requests": op.requests() - req0,
+        "api_requests": op.api_requests() - req0,
+        "status_writes": status_writes(op) - writes0,
         "operator_cpu_s": round(cpu1 - cpu0, 2),
         "operator_rss_mib": round(rss1 / 2**20, 1),
     }
@@ -172,7 +141,7 @@ def measure(info: ClusterInfo, op: Operator, nodes: int) -> dict[str, Any]:
     poll("fail Running", lambda: gang(core, "fail-sft-a0-", small)[2] == small, 300, 0.1)
     status = custom.get_namespaced_custom_object(GROUP, VERSION, "bench", PLURAL, "fail")["status"]
     victim = status["placement"]["nodes"][-3]
-    req0, (cpu0, _) = op.requests(), op.cpu_rss()
+    req0, (cpu0, _), writes0 = op.api_requests(), op.cpu_seconds_and_rss(), status_writes(op)
     t0 = time.monotonic()
     set_node_managed(info, victim["name"], managed=False)
     poll(f"{victim['name']} NotReady", lambda: node_not_ready(core, victim["name"]), 120, 0.1)
@@ -181,7 +150,7 @@ def measure(info: ClusterInfo, op: Operator, nodes: int) -> dict[str, Any]:
     t_back = time.monotonic() - t0
     time.sleep(2.0)
     status = custom.get_namespaced_custom_object(GROUP, VERSION, "bench", PLURAL, "fail")["status"]
-    cpu1, rss1 = op.cpu_rss()
+    cpu1, rss1 = op.cpu_seconds_and_rss()
     moved = status["placement"]["nodes"][victim["nodeRank"]]
     out["fail_node"] = {
         "pods": small,
@@ -191,7 +160,9 @@ def measure(info: ClusterInfo, op: Operator, nodes: int) -> dict[str, Any]:
         "operator_after_not_ready_s": round(t_back - t_notready, 2),
         "replacement": f"{moved['name']} ({moved['domain']}; lost node was in {victim['domain']})",
         "restarts": status["restarts"],
-        "api_requests": op.requests() - req0,
+        "failures": status.get("failures"),
+        "api_requests": op.api_requests() - req0,
+        "status_writes": status_writes(op) - writes0,
         "operator_cpu_s": round(cpu1 - cpu0, 2),
         "operator_rss_mib": round(rss1 / 2**20, 1),
     }
@@ -217,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         info = cluster.up(
             NodeSpec(nodes=a.nodes, gpus_per_node=8, domains=a.domains), progress=lambda m: None
         )
+        up_at = time.monotonic()
         env = {**os.environ, **info.env()}
         op = None
         try:
@@ -233,9 +205,15 @@ def main(argv: list[str] | None = None) -> int:
                 check=True,
                 capture_output=True,
             )
-            op = Operator(env, Path(tmp) / "operator.log")
+            op = OperatorProcess(
+                env,
+                Path(tmp) / "operator.log",
+                resync_s=10.0,
+                extra_args=("--node-heartbeat-grace-seconds", str(NODE_HEARTBEAT_GRACE_SECONDS)),
+            )
+            op.start()
             time.sleep(1.0)  # initial lists done; measure steady state
-            result = measure(info, op, a.nodes)
+            result = measure(info, op, a.nodes, up_at)
         finally:
             if op is not None:
                 op.stop()
