@@ -29,7 +29,7 @@ from .api.manifest import Job
 from .decision import Observed, PodView
 from .placement import Placement
 
-RESTART_GRACE_SECONDS = 10  # survivors of a broken gang cannot commit a checkpoint anyway
+RESTART_GRACE_SECONDS = 5  # survivors of a broken gang cannot commit a checkpoint; their GPUs free sooner
 SETTLE_SLACK_SECONDS = 5.0  # beyond the heartbeat grace, for nodes that have no Lease
 EVICTED = ("Evicted", "Preempting", "Terminated", "Shutdown", "NodeShutdown")  # pod status.reason
 PULL_NOW = ("InvalidImageName", "ErrImageNeverPull")  # never fixed by waiting

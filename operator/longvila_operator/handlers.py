@@ -14,6 +14,7 @@ again when its Decision asks for it (gang timeout, TTL).
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import time
 from collections.abc import Mapping
@@ -32,6 +33,7 @@ from longvila_contract.labels import (
     LABEL_STAGE,
 )
 
+from . import status as st
 from .api import GROUP, PLURAL, VERSION
 from .api.manifest import InvalidJob, Job
 from .apply import Kube, Recent, carry_out
@@ -46,6 +48,7 @@ from .workload import workload_view
 
 PREFIX = "longvila.io"
 KUEUE_GROUP = "kueue.x-k8s.io"
+MESSAGE_INTERVAL_S = 5.0  # a status change of condition messages alone waits this long after a write
 Key = tuple[str, str]  # (namespace, job name)
 log = logging.getLogger("longvila.operator")
 
@@ -62,6 +65,7 @@ class State:
     due: dict[Key, float] = field(default_factory=dict)
     latest: dict[Key, Mapping[str, Any]] = field(default_factory=dict)  # status we wrote last
     recent: dict[Key, Recent] = field(default_factory=dict)
+    written_at: dict[Key, float] = field(default_factory=dict)  # monotonic time of our last status write
     parsed: dict[Key, tuple[tuple[str, int], Job | InvalidJob]] = field(default_factory=dict)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -160,6 +164,7 @@ async def reconcile_one(state: State, key: Key, indices: Mapping[str, Any]) -> N
     if not bodies:
         state.latest.pop(key, None)
         state.recent.pop(key, None)
+        state.written_at.pop(key, None)
         state.parsed.pop(key, None)
         return
     body = bodies[0]
@@ -182,6 +187,12 @@ async def reconcile_one(state: State, key: Key, indices: Mapping[str, Any]) -> N
         progress_interval=state.scraper.interval,
     )  # fmt: skip
     decision = reconcile(obs)
+    held = hold_messages(state, key, body, decision.status)
+    if (
+        held is not None
+    ):  # a message that changed again so soon waits (status written per change, not per event)
+        decision.status = copy.deepcopy(dict(body.get("status") or {}))
+        decision.later(held)
     recent = state.recent.setdefault(key, Recent())
     written = await asyncio.to_thread(carry_out, state.kube, body, decision, recent, state.run)
     took = time.perf_counter() - t0
@@ -200,10 +211,20 @@ async def reconcile_one(state: State, key: Key, indices: Mapping[str, Any]) -> N
         )
     if written is not None:
         state.latest[key] = written
+        state.written_at[key] = time.monotonic()
     if decision.restarted:
         state.metrics.restarts.inc()
     if decision.requeue_after is not None:
         state.due[key] = time.monotonic() + decision.requeue_after
+
+
+def hold_messages(state: State, key: Key, body: Mapping[str, Any], new: Mapping[str, Any]) -> float | None:
+    """Seconds to hold a status change back: only condition messages changed, and the last
+    status write was less than MESSAGE_INTERVAL_S ago; None to write now."""
+    since = time.monotonic() - state.written_at.get(key, float("-inf"))
+    if since >= MESSAGE_INTERVAL_S or not st.only_messages(body.get("status"), new):
+        return None
+    return MESSAGE_INTERVAL_S - since
 
 
 def changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:

@@ -112,6 +112,21 @@ def differs(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
     return dict(old or {}) != dict(new)
 
 
+def only_messages(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
+    """Do old and new differ only in condition messages (same types, statuses, reasons)?
+
+    Such a change carries counts that move with every node event (free nodes per domain
+    while a gang waits for nodes): worth writing, but not on every event.
+    """
+    old = dict(old or {})
+
+    def bare(status: Mapping[str, Any]) -> dict[str, Any]:
+        conds = [{k: v for k, v in c.items() if k != "message"} for c in status.get("conditions") or []]
+        return {**status, "conditions": conds}
+
+    return differs(old, new) and bare(old) == bare(new)
+
+
 def merge_patch(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
     """A JSON merge patch (RFC 7386) turning `old` into `new`.
 

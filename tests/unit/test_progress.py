@@ -244,3 +244,17 @@ def test_a_new_attempt_starts_its_hang_clock_afresh() -> None:
     p = w.status["progress"]
     assert p["attempt"] == 1 and "lastProgressTime" not in p and "loss" not in p
     assert not d.restarted and not w.run(seconds=100).restarted  # start-up allowance (300 s), not hang
+
+
+def test_a_change_of_condition_messages_alone_is_told_apart() -> None:
+    from longvila_operator import status as st
+
+    cond = {"type": "Unschedulable", "status": "True", "reason": "Unplaceable", "lastTransitionTime": "t"}
+    old = {"phase": "Pending", "conditions": [{**cond, "message": "free: spine-0: 3"}]}
+    assert st.only_messages(
+        old, {"phase": "Pending", "conditions": [{**cond, "message": "free: spine-0: 4"}]}
+    )
+    assert not st.only_messages(old, old)  # no change at all
+    assert not st.only_messages(old, {"phase": "Running", "conditions": [{**cond, "message": "x"}]})
+    flipped = {**cond, "status": "False", "message": "x"}
+    assert not st.only_messages(old, {"phase": "Pending", "conditions": [flipped]})

@@ -706,7 +706,7 @@ class ProgressStatus:
     step: int = prop("Optimizer steps completed.", minimum=0)
     max_steps: int = prop("Optimizer steps of the stage (0 until rank 0 knows).", minimum=0)
     percentage: int = prop("step / maxSteps in percent.", minimum=0, maximum=100)
-    loss: float | None = prop("The last step's mean loss.", default=None)
+    loss: float | None = prop("The mean loss of the last step read (every few seconds).", default=None)
     tokens_per_second: float | None = prop("The last step's tokens per second.", default=None, minimum=0)
     estimated_remaining_seconds: int | None = prop(
         "(maxSteps - step) × the last step's seconds.", default=None, minimum=0
