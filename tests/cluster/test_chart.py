@@ -24,6 +24,7 @@ from longvila_localcluster import helm as h
 from longvila_localcluster.cluster import ClusterInfo
 from longvila_localcluster.nodes import NodeSpec, fleet
 from longvila_operator import children
+from longvila_operator.crd import PRINTER_COLUMNS
 from longvila_operator.nodes import parse_node
 from longvila_operator.placement import Request, plan
 from longvila_operator.validation import load_job
@@ -475,6 +476,10 @@ def test_uninstall_leaves_only_the_crd(local_cluster: ClusterInfo, release: dict
         assert left.stdout.strip() == "", left.stdout
     left = h.kubectl(local_cluster, "get", "clusterrole,clusterrolebinding", "-l", selector, "-o", "name")
     assert left.stdout.strip() == "", left.stdout
+    left = h.kubectl(
+        local_cluster, "get", "role,rolebinding", "-n", "kube-node-lease", "-l", selector, "-o", "name"
+    )
+    assert left.stdout.strip() == "", left.stdout  # the node-lease Role goes with the release
     wait(
         "the operator pod gone",
         lambda: not h.kubectl(local_cluster, "get", "pods", "-n", release["ns"], "-o", "name").stdout.strip(),
@@ -482,4 +487,4 @@ def test_uninstall_leaves_only_the_crd(local_cluster: ClusterInfo, release: dict
     # By design (helm.sh/resource-policy: keep) the CRD, and with it every job, stays.
     crd = json.loads(h.kubectl(local_cluster, "get", "crd", h.CRD_NAME, "-o", "json").stdout)
     assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
-    assert crd_columns(local_cluster) == ["Phase", "Stage", "Nodes", "Restarts", "Age"]
+    assert crd_columns(local_cluster) == [c["name"] for c in PRINTER_COLUMNS]
