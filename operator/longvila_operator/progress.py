@@ -66,6 +66,19 @@ def last_progress(sample: Sample | None, stored: Mapping[str, Any] | None) -> da
     return sample.advanced
 
 
+def finishing(sample: Sample | None, stored: Mapping[str, Any] | None) -> bool:
+    """Rank 0 reported the stage's last step and its checkpoint (processes and torchrun then
+    exit, which on a loaded machine can outlast a short hang timeout)."""
+    if sample is not None:
+        step, total, ckpt = sample.step, sample.max_steps, sample.checkpoint_step
+    elif stored is not None:
+        step, total = int(stored.get("step") or 0), int(stored.get("maxSteps") or 0)
+        ckpt = int(stored.get("lastCheckpointStep") or 0)
+    else:
+        return False
+    return total > 0 and step >= total and ckpt >= total
+
+
 def gang_started(mine: Sequence[PodView], n: int) -> datetime | None:
     """When the last of the attempt's n pods started running (None until all run)."""
     if len(mine) != n or any(p.phase != "Running" for p in mine):
@@ -82,6 +95,8 @@ def check(obs: Observed, job: Job, mine: Sequence[PodView], n: int, stored: Mapp
     if not fp.hang_timeout_seconds or started is None:
         return None
     sample = sample_for(obs, mine)
+    if finishing(sample, stored):
+        return None  # every step done and the final checkpoint written: what is left is teardown
     moved = last_progress(sample, stored)
     if moved is None:
         deadline = started + timedelta(seconds=fp.startup_timeout_seconds)

@@ -258,3 +258,14 @@ def test_a_change_of_condition_messages_alone_is_told_apart() -> None:
     assert not st.only_messages(old, {"phase": "Running", "conditions": [{**cond, "message": "x"}]})
     flipped = {**cond, "status": "False", "message": "x"}
     assert not st.only_messages(old, {"phase": "Pending", "conditions": [flipped]})
+
+
+def test_a_gang_that_finished_its_steps_and_final_checkpoint_is_not_hung_while_it_exits() -> None:
+    w = hang_job()
+    sample(w, 8, 8, ckpt=8)
+    w.run()
+    assert not w.run(seconds=120).restarted  # torchrun and the processes may take their time to exit
+    w2 = hang_job()
+    sample(w2, 8, 8, ckpt=6)  # the final save never finished: that is still a hang
+    w2.run()
+    assert w2.run(seconds=61).restarted

@@ -294,6 +294,7 @@ def train(args: argparse.Namespace, environ: Mapping[str, str], job: Plan, metri
     if t.lora.enabled and ended is None:
         merged = merged_state(engine, loader, total, packs, total, t.lora.alpha / t.lora.rank)
         store.save(total, merged, meta={"stage": cfg.stage.name, "weights": MERGED})
+        metrics.checkpointed(total)
         say(rank, f"step {total}: LoRA adapters merged into the final weights")
     if rank == 0:
         store.mark_final(total)
