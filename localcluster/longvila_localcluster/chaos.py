@@ -48,14 +48,15 @@ class Planned:
     node_rank: int  # whose node or worker it hits (node-loss, worker-kill, hang)
 
 
-def plan(seed: int, rounds: int, nodes: int) -> list[Planned]:
-    """Each round: every fault once, in an order and at step offsets drawn from the seed."""
+def plan(seed: int, rounds: int, nodes: int, most_steps: int = 2) -> list[Planned]:
+    """Each round: every fault once, in an order, after a number of steps (1..most_steps) and
+    at a rank drawn from the seed."""
     rng = random.Random(seed)
     out = []
     for _ in range(rounds):
         order = list(FAULTS)
         rng.shuffle(order)
-        out += [Planned(f, rng.randint(1, 2), rng.randrange(nodes)) for f in order]
+        out += [Planned(f, rng.randint(1, most_steps), rng.randrange(nodes)) for f in order]
     return out
 
 
@@ -129,6 +130,7 @@ class ChaosReport:
     failed_message: str = ""
     losses: dict[str, dict[int, float]] = field(default_factory=dict)  # attempt pod prefix → step → loss
     reference: dict[int, float] = field(default_factory=dict)
+    reference_restarts: int = 0  # the uninterrupted run must be just that
     resumes: list[tuple[int, bool]] = field(default_factory=list)  # (step, complete when it was loaded)
     leftovers: list[str] = field(default_factory=list)  # pods or processes still there at the end
     seconds: float = 0.0
@@ -158,6 +160,8 @@ def verdict(report: ChaosReport, planned: Sequence[Planned]) -> list[str]:
         problems.append(
             f"ended {report.phase!r} with {report.failed_message!r}, expected Failed by the bad override"
         )
+    if report.reference_restarts:
+        problems.append(f"the uninterrupted run restarted {report.reference_restarts} time(s)")
     problems += loss_mismatches(report)
     if not report.reference or not report.losses:
         problems.append("no losses logged")

@@ -44,6 +44,7 @@ class ChaosOptions:
     rounds: int = 1
     nodes: int = 2  # the job's (one process each)
     hang_timeout: int = 15
+    most_steps: int = 2  # a fault strikes after 1..most_steps steps of training
     timeout_s: float = 1500.0
 
 
@@ -264,7 +265,7 @@ def run_chaos(
     clock = Clock(say)
     work = opts.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    planned = chaos.plan(opts.seed, opts.rounds, opts.nodes)
+    planned = chaos.plan(opts.seed, opts.rounds, opts.nodes, opts.most_steps)
     steps = chaos.steps_needed(planned)
     clock(
         f"plan (seed {opts.seed}): "
@@ -306,7 +307,8 @@ def run_chaos(
                              bad_stage=bad_stage)  # fmt: skip
 
         ref = run_job(rig, "reference", manifest("reference", False), [])
-        report.reference = dict(next(iter(ref.losses.values()), {}))
+        report.reference = {step: loss for steps in ref.losses.values() for step, loss in steps.items()}
+        report.reference_restarts = int(ref.status.get("restarts") or 0)
         w = run_job(rig, "chaos", manifest("chaos", True), planned)
         st = w.status
         report.failures, report.restarts, report.phase = (

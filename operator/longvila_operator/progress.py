@@ -67,16 +67,16 @@ def last_progress(sample: Sample | None, stored: Mapping[str, Any] | None) -> da
 
 
 def finishing(sample: Sample | None, stored: Mapping[str, Any] | None) -> bool:
-    """Rank 0 reported the stage's last step and its checkpoint (processes and torchrun then
-    exit, which on a loaded machine can outlast a short hang timeout)."""
+    """Rank 0 reported the stage's last step: what is left is the final checkpoint and the
+    processes' exit, which a loaded machine can stretch past a short hang timeout. (A final
+    save that hangs ends at the trainer's collective timeout instead.)"""
     if sample is not None:
-        step, total, ckpt = sample.step, sample.max_steps, sample.checkpoint_step
+        step, total = sample.step, sample.max_steps
     elif stored is not None:
         step, total = int(stored.get("step") or 0), int(stored.get("maxSteps") or 0)
-        ckpt = int(stored.get("lastCheckpointStep") or 0)
     else:
         return False
-    return total > 0 and step >= total and ckpt >= total
+    return total > 0 and step >= total
 
 
 def gang_started(mine: Sequence[PodView], n: int) -> datetime | None:
@@ -96,7 +96,7 @@ def check(obs: Observed, job: Job, mine: Sequence[PodView], n: int, stored: Mapp
         return None
     sample = sample_for(obs, mine)
     if finishing(sample, stored):
-        return None  # every step done and the final checkpoint written: what is left is teardown
+        return None  # every step done: what is left is the final save and teardown
     moved = last_progress(sample, stored)
     if moved is None:
         deadline = started + timedelta(seconds=fp.startup_timeout_seconds)

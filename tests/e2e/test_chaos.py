@@ -25,7 +25,10 @@ pytestmark = [pytest.mark.cluster, pytest.mark.distributed, pytest.mark.slow, py
 
 def test_one_fault_of_every_kind_one_restart_each_and_the_same_losses(tmp_path: Path) -> None:
     lines: list[str] = []
-    report, planned = run_chaos(ChaosOptions(work=tmp_path / "chaos", seed=14, rounds=1), say=lines.append)
+    opts = ChaosOptions(
+        work=tmp_path / "chaos", seed=14, rounds=1, hang_timeout=10, most_steps=1
+    )  # short: CI
+    report, planned = run_chaos(opts, say=lines.append)
     print("\n".join(lines))
     for row in chaos.figures(report):
         print(row)

@@ -260,12 +260,12 @@ def test_a_change_of_condition_messages_alone_is_told_apart() -> None:
     assert not st.only_messages(old, {"phase": "Pending", "conditions": [flipped]})
 
 
-def test_a_gang_that_finished_its_steps_and_final_checkpoint_is_not_hung_while_it_exits() -> None:
+def test_a_gang_that_finished_its_steps_is_not_hung_while_it_saves_and_exits() -> None:
     w = hang_job()
-    sample(w, 8, 8, ckpt=8)
+    sample(w, 8, 8, ckpt=6)  # the last step; its checkpoint may not have been read before rank 0 exited
     w.run()
     assert not w.run(seconds=120).restarted  # torchrun and the processes may take their time to exit
     w2 = hang_job()
-    sample(w2, 8, 8, ckpt=6)  # the final save never finished: that is still a hang
+    sample(w2, 7, 7)
     w2.run()
-    assert w2.run(seconds=61).restarted
+    assert w2.run(seconds=61).restarted  # one step short: a hang
