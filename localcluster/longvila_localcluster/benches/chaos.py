@@ -45,9 +45,9 @@ def main(argv: list[str] | None = None) -> int:
         again = [r["training_again_s"] for r in mine if r["training_again_s"] is not None]
         summary[fault] = {
             "class": chaos.EXPECTED[fault] or "-", "n": len(mine),
-            "detect_s_median": statistics.median(detect) if detect else None,
+            "detect_s_median": round(statistics.median(detect), 1) if detect else None,
             "detect_s_max": max(detect, default=None),
-            "training_again_s_median": statistics.median(again) if again else None,
+            "training_again_s_median": round(statistics.median(again), 1) if again else None,
             "training_again_s_max": max(again, default=None),
         }  # fmt: skip
     out = {
