@@ -25,11 +25,12 @@ from typing import Any
 from longvila_operator import crd
 from longvila_operator.api import GROUP, PLURAL, VERSION
 
-from longvila_localcluster.benches.operator_scale import Operator, job
+from longvila_localcluster.benches.operator_scale import job
 from longvila_localcluster.build import ensure_all
 from longvila_localcluster.cluster import LocalCluster
 from longvila_localcluster.kueue import enable_namespace, kubectl_apply
 from longvila_localcluster.nodes import NodeSpec
+from longvila_localcluster.operator_process import OperatorProcess
 from longvila_localcluster.probes import poll
 from longvila_localcluster.versions import load_versions
 
@@ -126,9 +127,12 @@ def main(argv: list[str] | None = None) -> int:
         enable_namespace(core, NS)
         for obj in queue_objects(0):
             kubectl_apply(binaries["kubectl"], info.kubeconfig, json.dumps(obj))
-        op = Operator(
-            {**info.env(), "PATH": ":".join(info.bin_path) + ":/usr/bin:/bin"}, work / "operator.log"
+        op = OperatorProcess(
+            {**info.env(), "PATH": ":".join(info.bin_path) + ":/usr/bin:/bin"},
+            work / "operator.log",
+            resync_s=10.0,
         )
+        op.start()
         try:
             results = [trial(info, core, custom, a.nodes, i) for i in range(a.trials)]
         finally:
