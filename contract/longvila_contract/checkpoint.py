@@ -14,6 +14,12 @@ holds both sides. docs/checkpoints.md describes the same layout for people.
 
 A step directory without a valid manifest, or whose files do not match it, is incomplete
 and is never loaded (a crash mid-write leaves exactly that).
+
+Every checkpoint says what model its weights belong to: the manifest's `meta.model`
+(`ModelMeta`) holds the LLM's and the vision tower's config.json trees, the RoPE base the
+weights were trained with, the tokenizer's media token and its id, the vision feature
+layer and the projector's type and token order. A stage that starts from a checkpoint
+builds that model (the RoPE base included), so nothing of it lives only in a job spec.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ DCP_METADATA = f"{DCP_DIR}/.metadata"
 RANK_DIR = "rank"
 _STEP_DIR = re.compile(r"^step-([0-9]{8})$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+MODEL_META = "model"  # the manifest meta key of ModelMeta
+TOKEN_ORDERS = ("row", "column")  # the projector's merged-token order (trainer model/projector.py)
 
 
 class ManifestError(ValueError):
@@ -145,6 +153,52 @@ class Manifest:
             elif listing[f.path] != f.size:
                 p.append(f"{f.path}: {listing[f.path]} bytes, the manifest says {f.size}")
         return p
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """The model a checkpoint's weights belong to (manifest `meta.model`)."""
+
+    llm: dict[str, Any]  # the LLM's config.json (a transformers Qwen2Config as a dict)
+    vision: dict[str, Any]  # the vision tower's config.json (a SigLIP vision config)
+    rope_theta: float  # the RoPE base the weights were trained with
+    media_token: str  # the tokenizer's media placeholder ("<image>")
+    media_token_id: int  # its id; the data path puts one per frame into input_ids
+    select_layer: int = -2  # SigLIP hidden state the projector reads (VILA's mm_vision_select_layer)
+    projector: str = "mlp_downsample"  # VILA's projector type name
+    token_order: str = "row"  # merged-token order of the 2×2 downsample: "row" or "column"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "llm": self.llm, "vision": self.vision, "rope_theta": self.rope_theta,
+            "media_token": self.media_token, "media_token_id": self.media_token_id,
+            "select_layer": self.select_layer, "projector": self.projector, "token_order": self.token_order,
+        }  # fmt: skip
+
+    @staticmethod
+    def from_meta(meta: Mapping[str, Any], where: str = "manifest") -> ModelMeta | None:
+        """The `model` entry of a manifest's meta; None when absent; ManifestError naming the field."""
+        d = meta.get(MODEL_META)
+        if d is None:
+            return None
+        if not isinstance(d, Mapping):
+            raise ManifestError(f"{where}: meta.model must be an object")
+        kinds: dict[str, tuple[type, ...]] = {
+            "llm": (dict,), "vision": (dict,), "rope_theta": (int, float), "media_token": (str,),
+            "media_token_id": (int,), "select_layer": (int,), "projector": (str,), "token_order": (str,),
+        }  # fmt: skip
+        for key, kind in kinds.items():
+            if key not in d or not isinstance(d[key], kind) or isinstance(d[key], bool):
+                names = " or ".join(k.__name__ for k in kind)
+                raise ManifestError(f"{where}: meta.model.{key} must be a {names}, got {d.get(key)!r}")
+        if d["token_order"] not in TOKEN_ORDERS:
+            raise ManifestError(f"{where}: meta.model.token_order must be one of {', '.join(TOKEN_ORDERS)}")
+        if d["rope_theta"] <= 0:
+            raise ManifestError(f"{where}: meta.model.rope_theta must be > 0, got {d['rope_theta']}")
+        return ModelMeta(
+            dict(d["llm"]), dict(d["vision"]), float(d["rope_theta"]), d["media_token"], d["media_token_id"],
+            d["select_layer"], d["projector"], d["token_order"],
+        )  # fmt: skip
 
 
 def group_by_step(keys: Iterable[tuple[str, int]]) -> dict[int, dict[str, int]]:

@@ -34,7 +34,7 @@ def _field(config: Mapping[str, Any], key: str, where: str, kind: type = int) ->
     return kind(value)
 
 
-def _rope_theta(config: Mapping[str, Any]) -> float:
+def rope_theta_of(config: Mapping[str, Any]) -> float:
     """RoPE base: `rope_theta` (transformers ≤ 4) or `rope_parameters.rope_theta` (5), else 10000."""
     params = config.get("rope_parameters")
     if isinstance(params, Mapping) and isinstance(params.get("rope_theta"), int | float):
@@ -73,7 +73,7 @@ class ModelFacts:
             layers=_field(llm, "num_hidden_layers", llm_where),
             hidden=_field(llm, "hidden_size", llm_where),
             max_positions=_field(llm, "max_position_embeddings", llm_where),
-            rope_theta=_rope_theta(llm),
+            rope_theta=rope_theta_of(llm),
             image_size=_field(v, "image_size", vision_where),
             patch_size=_field(v, "patch_size", vision_where),
         )

@@ -24,6 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from longvila_contract.checkpoint import ModelMeta
 from longvila_contract.config import TrainerConfig
 from longvila_contract.layout import kv_replication
 
@@ -37,11 +38,13 @@ from .parallelize import ParallelizeOptions, parallelize
 
 
 def model_for_run(
-    cfg: TrainerConfig, groups: SPGroups, media_token_id: int, cache: Path | None = None
-) -> LongVILA:
-    """The trainable model on `groups.device`, each rank holding only its FSDP shards."""
+    cfg: TrainerConfig, groups: SPGroups, media_token_id: int, cache: Path | None = None,
+    init: ModelMeta | None = None,
+) -> LongVILA:  # fmt: skip
+    """The trainable model on `groups.device`, each rank holding only its FSDP shards; `init`:
+    the model the init checkpoint holds (its vision feature layer, projector token order)."""
     t, device = cfg.train, groups.device
-    built = build_model(cfg, media_token_id, cache)
+    built = build_model(cfg, media_token_id, cache, init)
     model = built.model
     llm_cfg = model.llm.config
     kv_replication(

@@ -17,6 +17,7 @@ message), which is how the operator tells a permanent error from a restartable o
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -32,6 +33,7 @@ import torch
 import torch.distributed as dist
 from longvila_contract import env as E
 from longvila_contract import exits
+from longvila_contract.checkpoint import ModelMeta
 from longvila_contract.config import ConfigError, TrainerConfig, load_config, with_stage
 from longvila_contract.layout import LayoutError, ParallelLayout
 from longvila_contract.model import ModelConfigError, ModelFacts, tokens_per_frame
@@ -49,6 +51,15 @@ from .engines import Engine, make_engine
 from .fetch import local_copy
 from .model.lora import MERGED, merge_lora_state, plain_names
 from .model.materialize import MissingWeightsError
+from .model.meta import (
+    MetaError,
+    check_media,
+    check_shapes,
+    checkpoint_meta_entry,
+    inherit,
+    meta_of,
+    read_meta,
+)
 from .model.presets import PRESETS
 from .model.weights import WeightsError, model_config
 from .parallel.groups import build_groups
@@ -64,7 +75,8 @@ class PreflightError(ValueError):
 
 
 BAD_INPUT = (ConfigError, E.EnvContractError, LayoutError, WeightsError, URIError, StorageError,
-             CheckpointNotFoundError, FileNotFoundError, PreflightError, MissingWeightsError)  # fmt: skip
+             CheckpointNotFoundError, FileNotFoundError, PreflightError, MissingWeightsError,
+             MetaError)  # fmt: skip
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -90,6 +102,8 @@ class Plan:
     kind: Kind  # token layout over the SP group
     uri: str  # this stage's checkpoints
     init: str  # weights to start from ("" = the model's own)
+    init_meta: ModelMeta | None = None  # the model the init checkpoint holds (RoPE base, token order …)
+    rope_inherited: bool = False  # the RoPE base is the init checkpoint's (the stage sets none)
 
 
 def plan(args: argparse.Namespace, environ: Mapping[str, str]) -> Plan:
@@ -111,6 +125,10 @@ def plan(args: argparse.Namespace, environ: Mapping[str, str]) -> Plan:
             raise E.EnvContractError([f"WORLD_SIZE={world}: the contract says {layout.world}"])
     if not out.uri:
         raise ConfigError("checkpoint.uri: required when run directly (torchrun: LONGVILA_CHECKPOINT_URI)")
+    if out.init:  # the manifest only: the base the weights were trained with, before the preflight
+        meta = read_meta(out.init, "model.init", Path(args.cache_dir) / "staging")
+        inherited = meta is not None and out.cfg.train.rope_theta is None
+        out = dataclasses.replace(out, cfg=inherit(out.cfg, meta), init_meta=meta, rope_inherited=inherited)
     check_stage(out, env is not None)
     return out
 
@@ -133,6 +151,8 @@ def check_stage(job: Plan, under_contract: bool) -> None:
         facts = ModelFacts.from_configs(llm, vision)
     except ModelConfigError as err:
         raise WeightsError(str(err)) from None
+    if job.init_meta is not None:
+        check_shapes(job.init_meta, llm, "model.init")
     fields = Fields(context="train.context_length", rope="train.rope_theta", frames="train.frames")
     stage = StageInput(cfg.stage.name or "run", cfg.stage.type or "-", cfg.train, fields)
     result = preflight(job.layout, facts, [stage], E.ULYSSES if under_contract else "ulysses")
@@ -168,14 +188,16 @@ def merged_state(
     return {"model": model_sd, "loader": loader.state_dict(), "progress": progress}
 
 
-def checkpoint_meta(cfg: TrainerConfig) -> dict[str, Any]:
-    """Manifest meta of an ordinary checkpoint; with LoRA, what load_weights needs to merge it."""
+def checkpoint_meta(cfg: TrainerConfig, model: ModelMeta) -> dict[str, Any]:
+    """Manifest meta of an ordinary checkpoint: the model it holds; with LoRA, what load_weights
+    needs to merge it."""
     lora = cfg.train.lora
     if not lora.enabled:
-        return {"stage": cfg.stage.name}
+        return {"stage": cfg.stage.name, **checkpoint_meta_entry(model)}
     return {
         "stage": cfg.stage.name,
         "lora": {"rank": lora.rank, "alpha": lora.alpha, "targets": list(lora.targets)},
+        **checkpoint_meta_entry(model),
     }
 
 
@@ -257,7 +279,14 @@ def train(args: argparse.Namespace, environ: Mapping[str, str], job: Plan, metri
     )  # fmt: skip
     resume = store.latest_complete()  # also the first S3 call: an unreachable endpoint fails here
     codec = load_tokenizer(cfg.model.tokenizer or cfg.model.llm, lambda uri: local_copy(uri, cache))
-    model = model_for_run(cfg, groups, codec.media_token_id, cache)
+    if job.init_meta is not None:
+        check_media(job.init_meta, codec.media_token_id, "model.init")
+    model = model_for_run(cfg, groups, codec.media_token_id, cache, job.init_meta)
+    meta = meta_of(model)  # in every checkpoint: what the next stage and the eval build
+    say(
+        rank,
+        f"RoPE base {meta.rope_theta:g}" + (f" (inherited from {job.init})" if job.rope_inherited else ""),
+    )
     engine = make_engine(model, t, groups, bf16=cuda)
 
     samples = open_stage_data(cfg, codec, cache / "data")
@@ -289,11 +318,15 @@ def train(args: argparse.Namespace, environ: Mapping[str, str], job: Plan, metri
             break  # the last step's checkpoint holds the merged weights (below)
         if step % cfg.checkpoint.every_steps == 0 or step == total:
             state = training_state(engine, loader, step, packs, total)
-            store.save(step, state, rank_state={"rng": torch.get_rng_state()}, meta=checkpoint_meta(cfg))
+            store.save(
+                step, state, rank_state={"rng": torch.get_rng_state()}, meta=checkpoint_meta(cfg, meta)
+            )
             metrics.checkpointed(step)
     if t.lora.enabled and ended is None:
         merged = merged_state(engine, loader, total, packs, total, t.lora.alpha / t.lora.rank)
-        store.save(total, merged, meta={"stage": cfg.stage.name, "weights": MERGED})
+        store.save(
+            total, merged, meta={"stage": cfg.stage.name, "weights": MERGED, **checkpoint_meta_entry(meta)}
+        )
         metrics.checkpointed(total)
         say(rank, f"step {total}: LoRA adapters merged into the final weights")
     if rank == 0:

@@ -238,6 +238,6 @@ def build_longvila(preset: ModelPreset, seed: int = 0, attn_implementation: str 
         torch.manual_seed(seed)
         tower = VisionTower(SiglipVisionModel(SiglipVisionConfig(**preset.vision)), preset.select_layer)
         llm = Qwen2ForCausalLM(Qwen2Config(**preset.llm))
-        projector = Projector(tower.hidden_size, int(llm.config.hidden_size))
+        projector = Projector(tower.hidden_size, int(llm.config.hidden_size), token_order=preset.token_order)
     llm.set_attn_implementation(attn_implementation)
     return LongVILA(tower, projector, llm, preset.media_token_id)

@@ -20,6 +20,7 @@ class ModelPreset:
     vision: dict[str, Any]  # SiglipVisionConfig fields
     llm: dict[str, Any]  # Qwen2Config fields
     select_layer: int = -2  # VILA reads the second-to-last SigLIP layer
+    token_order: str = "row"  # the projector's merged-token order (model/projector.py)
     # Id of the one-per-frame media placeholder in input_ids; never embedded, never a target.
     media_token_id: int = field(default=-1)
 

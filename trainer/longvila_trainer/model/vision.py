@@ -35,6 +35,7 @@ class VisionTower(nn.Module):
         _encoder(model).layers = layers[:keep]
         _set_post_layernorm(model, nn.Identity())
         self.model = model
+        self.select_layer = select_layer
         patch = model.config.patch_size
         if not isinstance(patch, int):
             if len(set(patch)) != 1:

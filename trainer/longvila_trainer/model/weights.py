@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from longvila_contract.checkpoint import ModelMeta
 from longvila_contract.config import LoraConfig, TrainerConfig
 from longvila_contract.uri import URIError, local_path, parse_uri
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
@@ -88,16 +89,22 @@ class BuiltModel:
     files: dict[str, Path]  # submodule prefix → HF safetensors directory (materialize reads them)
 
 
-def build_model(cfg: TrainerConfig, media_token_id: int, cache: Path | None = None) -> BuiltModel:
+def build_model(
+    cfg: TrainerConfig, media_token_id: int, cache: Path | None = None, init: ModelMeta | None = None
+) -> BuiltModel:
     """Random tiny weights (`model.preset`, seeded by train.seed, real on the CPU), or the
     weights directories' architecture on the meta device: its values are read later, shard
-    by shard, by materialize.py (after parallelize), never whole on a rank."""
+    by shard, by materialize.py (after parallelize), never whole on a rank. The vision
+    feature layer and the projector's token order are the init checkpoint's (`init`)."""
     rope: dict[str, Any] = {"rope_theta": cfg.train.rope_theta} if cfg.train.rope_theta else {}
+    select, order = (init.select_layer, init.token_order) if init else (-2, "row")
     if cfg.model.preset:
         if cfg.model.preset not in PRESETS:
             raise WeightsError(f"model.preset={cfg.model.preset!r}: unknown; available: {', '.join(PRESETS)}")
         preset = PRESETS[cfg.model.preset]
-        preset = dataclasses.replace(preset, llm={**preset.llm, **rope})
+        preset = dataclasses.replace(
+            preset, llm={**preset.llm, **rope}, select_layer=select, token_order=order
+        )
         return BuiltModel(build_longvila(preset, seed=cfg.train.seed), {})
     llm_dir = weights_dir("model.llm", cfg.model.llm, cache)
     tower_dir = weights_dir("model.vision_tower", cfg.model.vision_tower, cache)
@@ -111,23 +118,24 @@ def build_model(cfg: TrainerConfig, media_token_id: int, cache: Path | None = No
             raise WeightsError(
                 f"{field}: no *.safetensors in {directory} (convert .bin weights to safetensors)"
             )
-    model = build_on_meta(config, tower_config, media_token_id, cfg.train.seed)
+    model = build_on_meta(config, tower_config, media_token_id, cfg.train.seed, select, order)
     return BuiltModel(model, {"llm": llm_dir, "vision.model": tower_dir})
 
 
 def build_on_meta(
-    llm_config: Qwen2Config, tower_config: SiglipVisionConfig, media_token_id: int, seed: int
-) -> LongVILA:
+    llm_config: Qwen2Config, tower_config: SiglipVisionConfig, media_token_id: int, seed: int,
+    select_layer: int = -2, token_order: str = "row",
+) -> LongVILA:  # fmt: skip
     """The architecture with the HF parts' parameters on meta (buffers real) and the projector,
     which no file holds, drawn for real from `seed` (the same on every rank)."""
     impl = register_usp_attention()
     with parameters_on_meta():
         llm = Qwen2ForCausalLM(llm_config)
-        tower = VisionTower(SiglipVisionModel(tower_config))
+        tower = VisionTower(SiglipVisionModel(tower_config), select_layer)
     llm.set_attn_implementation(impl)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # stage 1 trains it; the same on every rank
-        projector = Projector(tower.hidden_size, int(llm.config.hidden_size))
+        projector = Projector(tower.hidden_size, int(llm.config.hidden_size), token_order=token_order)
     return LongVILA(tower, projector, llm, media_token_id)
 
 
