@@ -184,11 +184,10 @@ def export_weights(out: Path) -> None:
         raise DemoError(f"exporting the tiny weights failed: {done.stderr.strip()[-2000:]}")
 
 
-def niah_table(info: ClusterInfo, weights_uri: str, rope_theta: float | None, out: Path) -> str:
+def niah_table(info: ClusterInfo, weights_uri: str, out: Path) -> str:
     env = {**os.environ, **info.env(), "AWS_ENDPOINT_URL_S3": info.s3_endpoint}
-    argv = [sys.executable, "-m", "longvila_trainer.eval.niah", "--preset", "tiny", "--weights", weights_uri]
-    if rope_theta is not None:  # the base the stage trained with (checkpoints hold weights only)
-        argv += ["--rope-theta", str(rope_theta)]
+    # the checkpoint says which model it holds, its RoPE base included
+    argv = [sys.executable, "-m", "longvila_trainer.eval.niah", "--weights", weights_uri]
     argv += ["--frames", "8,16", "--depths", "0,0.5,1", "--ulysses", "2", "--ring", "2", "--out", str(out)]
     done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
     if done.returncode:
@@ -244,7 +243,7 @@ def run_demo(opts: DemoOptions, say: Callable[[str], None] = print) -> DemoRepor
             last = job["spec"]["stages"][-1]
             uri = f"{job['spec']['checkpoint']['uri']}/{last['name']}"
             clock(f"needle in a haystack on the final weights of {last['name']} ({uri}), SP 4 prefill")
-            report.niah = niah_table(info, uri, last.get("ropeTheta"), work / "niah")
+            report.niah = niah_table(info, uri, work / "niah")
             say(report.niah.rstrip())
         report.seconds = clock.elapsed
         clock(f"demo finished: job {report.phase}, {report.restarts} restart(s); total {report.seconds:.1f}s")

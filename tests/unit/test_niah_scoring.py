@@ -13,7 +13,7 @@ from longvila_trainer.data.synthetic import Needle, haystack_frames, make_needle
 from longvila_trainer.data.tokenizer import load_tokenizer
 from longvila_trainer.data.video import to_pixels
 from longvila_trainer.eval.needle import Cell, build_case, judge, normalize, parse_grid
-from longvila_trainer.eval.niah import main, parse_args
+from longvila_trainer.eval.niah import main
 from longvila_trainer.eval.prefill import Prefill
 from longvila_trainer.eval.report import (
     HeatmapGeometry,
@@ -155,9 +155,34 @@ def test_cli_rejects_a_bad_grid(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--depths" in capsys.readouterr().err
 
 
-def test_cli_rope_theta_reaches_the_spec_and_is_checked(capsys: pytest.CaptureFixture[str]) -> None:
-    spec, _ = parse_args(["--rope-theta", "100000"])
-    assert spec.rope_theta == 100000.0
-    assert parse_args([])[0].rope_theta is None
-    assert main(["--rope-theta", "0"]) == 2
-    assert "--rope-theta must be > 0" in capsys.readouterr().err
+def test_the_checkpoint_says_which_model_the_eval_builds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--weights needs no --rope-theta: the checkpoint's meta.model carries the RoPE base."""
+    from dataclasses import replace
+
+    from longvila_contract.model import rope_theta_of
+    from longvila_trainer.checkpoint.store import CheckpointStore
+    from longvila_trainer.eval.niah import checkpoint_model
+    from longvila_trainer.model.longvila import build_longvila
+    from longvila_trainer.model.meta import build_from_meta, checkpoint_meta_entry, meta_of
+    from longvila_trainer.model.presets import TINY
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    model = build_longvila(replace(TINY, llm={**TINY.llm, "rope_theta": 12345.0}), seed=0)
+    state = {"model": get_model_state_dict(model)}
+    with_meta, without = f"file://{tmp_path / 'a'}", f"file://{tmp_path / 'b'}"
+    CheckpointStore.from_uri(with_meta, staging=tmp_path / "s").save(
+        1, state, meta=checkpoint_meta_entry(meta_of(model))
+    )
+    CheckpointStore.from_uri(without, staging=tmp_path / "s").save(1, state, meta={"stage": "old"})
+    meta = checkpoint_model(with_meta)
+    assert (
+        meta.rope_theta == 12345.0
+        and meta.token_order == "row"
+        and meta.media_token_id == TINY.media_token_id
+    )
+    assert rope_theta_of(build_from_meta(meta).llm.config.to_dict()) == 12345.0
+    assert main(["--frames", "2", "--depths", "0", "--weights", without]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "no meta.model" in err and len(err.splitlines()) == 1

@@ -9,9 +9,9 @@ exact match. Without torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR) the 
 U·R local gloo processes on CPU; under torchrun it joins the given group (world = U·R).
 Rank 0 prints the table and writes niah.{json,md,txt,png} to --out (`report.py`).
 `--weights` is a stage's checkpoint URI (model/weights.py `load_weights`: its final
-checkpoint, else its newest complete one); without it the preset's random weights.
-Checkpoints hold weights, not the model config: weights trained with a raised RoPE base
-(context extension's `ropeTheta`) need `--rope-theta` with the same value.
+checkpoint, else its newest complete one); the model is the one the checkpoint says it
+holds (manifest meta.model: configs, the RoPE base it trained with, the projector's token
+order), so `--preset` only applies without `--weights` (the preset's random weights).
 """
 
 from __future__ import annotations
@@ -21,12 +21,13 @@ import os
 import sys
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from longvila_contract.checkpoint import ManifestError, ModelMeta
 from longvila_contract.layout import ParallelLayout
 
 from ..checkpoint.s3 import StorageError
@@ -35,6 +36,7 @@ from ..data.synthetic import haystack_frames, make_needle
 from ..data.tokenizer import TextCodec, load_tokenizer
 from ..data.video import decode_video
 from ..model.longvila import LongVILA, build_longvila
+from ..model.meta import build_from_meta
 from ..model.presets import PRESETS
 from ..model.weights import load_weights, weights_step
 from ..parallel.groups import SPGroups, build_groups, single_process_groups
@@ -60,12 +62,16 @@ class NiahSpec:
     size: int | None = None  # frame side in px; None = the preset's vision image_size
     tokenizer: str = "tiny"
     haystack: str | None = None  # a video file; None = the synthetic moving-square haystack
-    weights: str | None = None
-    rope_theta: float | None = None  # the RoPE base the weights were trained with; None = the preset's
+    weights: str | None = None  # a stage's checkpoint URI: its model, with its weights
 
     @property
     def frame_size(self) -> int:
         return self.size if self.size is not None else int(PRESETS[self.preset].vision["image_size"])
+
+
+def frame_size(spec: NiahSpec, model: LongVILA) -> int:
+    """--size, else the side the model's vision tower was trained at."""
+    return spec.size if spec.size is not None else int(model.vision.model.config.image_size)
 
 
 def evaluate(
@@ -82,7 +88,7 @@ def evaluate(
             f"tokenizer media id {codec.media_token_id} differs from the model's {model.media_token_id}"
         )
     model.eval()
-    size = spec.frame_size
+    size = frame_size(spec, model)
     cells = []
     for frames in spec.frames:
         hay = haystack(frames)
@@ -111,9 +117,15 @@ def video_haystack(path: str) -> Haystack:
     return frames
 
 
-def check_weights(source: str) -> int:
-    """Before spawning: `source` has a checkpoint load_weights can read; its step (reads only)."""
-    return weights_step(CheckpointStore.from_uri(source, staging=Path(tempfile.gettempdir())), source)
+def checkpoint_model(source: str) -> ModelMeta:
+    """Before spawning: the model of the checkpoint load_weights will read (its manifest only)."""
+    store = CheckpointStore.from_uri(source, staging=Path(tempfile.gettempdir()))
+    meta = ModelMeta.from_meta(store.manifest(weights_step(store, source)).meta, f"--weights {source}")
+    if meta is None:
+        raise ValueError(
+            f"--weights {source}: the checkpoint does not say what model it holds (no meta.model)"
+        )
+    return meta
 
 
 def worker(
@@ -126,20 +138,20 @@ def worker(
     """One rank of the eval: model, groups, grid. `state` (a state dict) overrides weights."""
     del rank
     torch.manual_seed(spec.seed)
-    preset = PRESETS[spec.preset]
-    if spec.rope_theta is not None:  # a context-extended checkpoint needs its raised base back
-        preset = replace(preset, llm={**preset.llm, "rope_theta": spec.rope_theta})
-    model = build_longvila(preset, seed=spec.seed)
+    if spec.weights is not None and state is None:  # the checkpoint's own model, RoPE base included
+        model = build_from_meta(checkpoint_model(spec.weights), seed=spec.seed)
+        load_weights(model, spec.weights)  # a stage checkpoint (final, else newest complete)
+    else:
+        model = build_longvila(PRESETS[spec.preset], seed=spec.seed)
     if state is not None:
         model.load_state_dict(state)
-    elif spec.weights is not None:
-        load_weights(model, spec.weights)  # a stage checkpoint (final, else newest complete)
     codec = load_tokenizer(spec.tokenizer)
     layout = ParallelLayout(world, spec.ulysses, spec.ring)
     if layout.dp != 1:
         raise ValueError(f"the eval runs one SP group: world {world} must equal U·R = {layout.sp}")
     groups = build_groups(layout, check_hosts=False) if world > 1 else single_process_groups()
-    hay = video_haystack(spec.haystack) if spec.haystack else synthetic_haystack(spec.seed, spec.frame_size)
+    size = frame_size(spec, model)
+    hay = video_haystack(spec.haystack) if spec.haystack else synthetic_haystack(spec.seed, size)
     return evaluate(model, codec, groups, spec, hay, needle)
 
 
@@ -172,12 +184,6 @@ def parse_args(argv: Sequence[str] | None) -> tuple[NiahSpec, Path | None]:
     p.add_argument(
         "--weights", default=None, help="a stage's checkpoint URI: file:///dir or s3://bucket/prefix"
     )
-    p.add_argument(
-        "--rope-theta",
-        type=float,
-        default=None,
-        help="RoPE base the weights were trained with (a stage's ropeTheta; default: the preset's)",
-    )
     p.add_argument("--out", type=Path, default=None, help="directory for niah.{json,md,txt,png}")
     a = p.parse_args(argv)
     frames, depths = parse_grid(a.frames, a.depths)
@@ -186,14 +192,12 @@ def parse_args(argv: Sequence[str] | None) -> tuple[NiahSpec, Path | None]:
     if a.needles < 1:
         raise ValueError(f"--needles must be ≥ 1, got {a.needles}")
     ParallelLayout(a.ulysses * a.ring, a.ulysses, a.ring)  # validates U and R
-    if a.rope_theta is not None and a.rope_theta <= 0:
-        raise ValueError(f"--rope-theta must be > 0, got {a.rope_theta}")
     if a.weights is not None and "://" not in a.weights:
         a.weights = f"file://{Path(a.weights).resolve()}"  # a local checkpoint directory
     spec = NiahSpec(
         preset=a.preset, frames=frames, depths=depths, ulysses=a.ulysses, ring=a.ring, kind=a.layout,
         needles=a.needles, seed=a.seed, size=a.size, tokenizer=a.tokenizer, haystack=a.haystack,
-        weights=a.weights, rope_theta=a.rope_theta,
+        weights=a.weights,
     )  # fmt: skip
     return spec, a.out
 
@@ -202,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         spec, out = parse_args(argv)
         if spec.weights is not None:
-            check_weights(spec.weights)  # fail before spawning anything
+            checkpoint_model(spec.weights)  # fail before spawning anything
         if all(k in os.environ for k in TORCHRUN_ENV):
             dist.init_process_group("gloo")
             try:
@@ -212,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 dist.destroy_process_group()
         else:
             cells, lead = run(spec), True
-    except (ValueError, FileNotFoundError, CheckpointNotFoundError, StorageError) as e:
+    except (ValueError, FileNotFoundError, CheckpointNotFoundError, StorageError, ManifestError) as e:
         print(f"error: {e}".splitlines()[0], file=sys.stderr)
         return 2
     if lead:
