@@ -59,12 +59,17 @@ class SyntheticConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    uri: str = ""  # file:///dir, s3://bucket/prefix or synthetic://<generator>; a dir holds manifest.jsonl
+    # file:///dir or s3://bucket/prefix (manifest.jsonl or webdataset *.tar shards), a LLaVA / VILA
+    # annotation file (…/x.json or .jsonl), or synthetic://<generator>
+    uri: str = ""
+    media_root: str = ""  # where data.uri's relative media paths start; "" = the annotation file's dir
     short_uri: str = ""  # long-video-sft only: short data mixed in (long-short joint SFT)
     short_fraction: float = 0.0  # share of short samples in the mix, [0, 1)
     short_frames: int = 8  # frames per short video
     image_size: int = 0  # frame side for the vision tower; 0 = the tower's own
     shuffle: bool = True
+    cache_mib: int = 20480  # per-node cache of media fetched from S3 (MiB), shared by the node's ranks
+    max_skipped_fraction: float = 0.05  # of samples whose media cannot be read, before the stage fails
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
@@ -230,12 +235,19 @@ def _problems(cfg: TrainerConfig) -> list[str]:
         p.append(f"train.collective_timeout_s: must be ≥ 1 second, got {t.collective_timeout_s}")
     if t.warmup_steps < 0 or t.weight_decay < 0 or t.clip < 0:
         p.append("train.warmup_steps, train.weight_decay, train.clip: must be ≥ 0")
+    if d.cache_mib < 1:
+        p.append(f"data.cache_mib: must be ≥ 1, got {d.cache_mib}")
+    if not 0.0 <= d.max_skipped_fraction <= 1.0:
+        p.append(f"data.max_skipped_fraction: must be in [0, 1], got {d.max_skipped_fraction}")
     if not 0.0 <= d.short_fraction < 1.0:
         p.append(f"data.short_fraction: must be in [0, 1), got {d.short_fraction}")
     if d.short_fraction > 0 and not d.short_uri:
         p.append("data.short_uri: needed when data.short_fraction > 0")
     if not d.uri:
-        p.append("data.uri: required (file:///dir, s3://bucket/prefix or synthetic://<generator>)")
+        p.append(
+            "data.uri: required (file:///dir, s3://bucket/prefix, an annotation file …/x.json[l] "
+            "or synthetic://<generator>)"
+        )
     if not cfg.model.preset and not (cfg.model.llm and cfg.model.vision_tower):
         p.append("model.llm: set model.llm and model.vision_tower (weights) or model.preset (random weights)")
     if c.every_steps < 1 or c.keep < 1:

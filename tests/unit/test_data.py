@@ -8,17 +8,21 @@ import av
 import numpy as np
 import pytest
 import torch
+from longvila_contract.config import SyntheticConfig
 from longvila_contract.model import tokens_per_frame
 from longvila_trainer.data import synthetic
+from longvila_trainer.data.media import MediaCache, MediaReader
 from longvila_trainer.data.packing import build_packed_batch, expanded_length, pack_greedy
 from longvila_trainer.data.samples import (
     LongShortMix,
     MediaRef,
     Sample,
+    SampleSet,
     encode_record,
     open_dataset,
     pixels_of,
 )
+from longvila_trainer.data.sources import open_source
 from longvila_trainer.data.tokenizer import TextCodec, load_tokenizer
 from longvila_trainer.data.video import decode_video, load_image, to_pixels, uniform_indices
 from longvila_trainer.model.presets import TINY
@@ -28,6 +32,16 @@ from longvila_trainer.sharding.frames import IGNORE_INDEX as I
 @pytest.fixture(scope="module")
 def codec() -> TextCodec:
     return load_tokenizer("tiny")
+
+
+def local_dataset(
+    root: Path, stage: str, codec: TextCodec, frames: int, max_tokens: int | None = None
+) -> SampleSet:
+    """A local dataset directory (manifest.jsonl) through sources.py, as the trainer opens it."""
+    reader = MediaReader(MediaCache(root / ".cache", 1 << 20))
+    ds = open_source(str(root), "data.uri", root_setting="", cache_dir=root, synthetic=SyntheticConfig(),
+                     codec=codec, reader=reader)  # fmt: skip
+    return open_dataset(ds.records, ds.where, ds.root, stage, codec, frames, max_tokens)
 
 
 # -- tokenizer ------------------------------------------------------------------------------
@@ -94,7 +108,7 @@ def test_synthetic_is_deterministic_by_seed(codec: TextCodec, tmp_path: Path) ->
     for name in synthetic.GENERATORS:
         root = tmp_path / name
         synthetic.generate(name, root, samples=2, seed=0, frames=8, size=56, codec=codec, text_tokens=32)
-        assert len(open_dataset(root, _stage_of(name), codec, frames=4, max_tokens=32)) == 2
+        assert len(local_dataset(root, _stage_of(name), codec, frames=4, max_tokens=32)) == 2
 
 
 def _stage_of(generator: str) -> str:
@@ -125,7 +139,7 @@ def test_caption_ids_and_labels_by_hand(codec: TextCodec, tmp_path: Path) -> Non
     s = encode_record(record, tmp_path, codec, frames=3)
     assert s.input_ids == (95, 95, 95, 5, 6, 7, 0)  # 3 frames, '\n', 'a', 'b', EOS
     assert s.labels == (I, I, I, I, 6, 7, 0)
-    assert s.media == (MediaRef(tmp_path / "v.mp4", "video", 3),)
+    assert s.media == (MediaRef(str(tmp_path / "v.mp4"), "video", 3),)
 
 
 def test_conversation_labels_only_on_assistant_turns(codec: TextCodec, tmp_path: Path) -> None:
@@ -185,7 +199,7 @@ def test_long_text_is_trained_everywhere_and_cut_to_the_budget(codec: TextCodec,
 def test_stage_refuses_other_formats(codec: TextCodec, tmp_path: Path) -> None:
     synthetic.generate("instructions", tmp_path, samples=1, seed=0)
     with pytest.raises(ValueError, match="a conversation record; a alignment stage reads caption"):
-        open_dataset(tmp_path, "alignment", codec, frames=4)
+        local_dataset(tmp_path, "alignment", codec, frames=4)
 
 
 def test_long_short_mix(codec: TextCodec) -> None:
@@ -218,7 +232,7 @@ def test_expanded_length_counts_visual_tokens() -> None:
         and tokens_per_frame(384, 14) == 196
         and tokens_per_frame(448, 14) == 256
     )
-    s = Sample((95, 95, 5, 6), (I, I, I, 6), (MediaRef(Path("v"), "video", 2),))
+    s = Sample((95, 95, 5, 6), (I, I, I, 6), (MediaRef("v", "video", 2),))
     assert expanded_length(s, 196) == 4 + 2 * 195
 
 

@@ -10,6 +10,7 @@ import torch
 from longvila_contract.config import load_preset
 from longvila_contract.model import tokens_per_frame
 from longvila_trainer.data.loader import PackedLoader, build_loader, open_stage_data
+from longvila_trainer.data.media import MediaCache, MediaReader
 from longvila_trainer.data.samples import MediaRef, Sample
 from longvila_trainer.data.tokenizer import load_tokenizer
 
@@ -123,12 +124,14 @@ def test_tiny_stage_batch_runs_through_the_model(tmp_path: Path) -> None:
 
     cfg = load_preset("tiny-long-video-sft")
     codec = load_tokenizer(cfg.model.tokenizer)
-    samples = open_stage_data(cfg, codec, tmp_path)
+    reader = MediaReader(MediaCache(tmp_path / "media", 1 << 20))
+    samples = open_stage_data(cfg, codec, tmp_path, reader)
     assert len(samples) == 16 + 5  # long-short joint: 25% short
     tpf = tokens_per_frame(TINY.vision["image_size"], TINY.vision["patch_size"])
     ld = build_loader(
-        cfg, samples, tokens_per_frame=tpf, image_size=TINY.vision["image_size"], dp_rank=0, dp_size=1
-    )
+        cfg, samples, tokens_per_frame=tpf, image_size=TINY.vision["image_size"], dp_rank=0, dp_size=1,
+        reader=reader,
+    )  # fmt: skip
     batch = next(ld)
     n_media = int((batch.input_ids == TINY.media_token_id).sum())
     assert n_media == len(batch.frames) > 0

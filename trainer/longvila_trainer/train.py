@@ -45,7 +45,9 @@ from . import loop
 from .build import model_for_run
 from .checkpoint.s3 import StorageError
 from .checkpoint.store import CheckpointNotFoundError, CheckpointStore
-from .data.loader import PackedLoader, build_loader, open_stage_data
+from .data.llava import RecordError
+from .data.loader import DataError, PackedLoader, build_loader, open_stage_data, skip_counts, skip_problem
+from .data.media import MediaCache, MediaReader
 from .data.tokenizer import load_tokenizer
 from .engines import Engine, make_engine
 from .fetch import local_copy
@@ -76,7 +78,7 @@ class PreflightError(ValueError):
 
 BAD_INPUT = (ConfigError, E.EnvContractError, LayoutError, WeightsError, URIError, StorageError,
              CheckpointNotFoundError, FileNotFoundError, PreflightError, MissingWeightsError,
-             MetaError)  # fmt: skip
+             MetaError, DataError, RecordError)  # fmt: skip
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -289,12 +291,18 @@ def train(args: argparse.Namespace, environ: Mapping[str, str], job: Plan, metri
     )
     engine = make_engine(model, t, groups, bf16=cuda)
 
-    samples = open_stage_data(cfg, codec, cache / "data")
+    # media (s3:// objects, tar members) fetched per sample into a cache the node's ranks share
+    reader = MediaReader(MediaCache(cache / "media", cfg.data.cache_mib << 20))
+    samples = open_stage_data(cfg, codec, cache / "data", reader)
     size = int(model.vision.model.config.image_size)  # type: ignore[arg-type]
     tpf = tokens_per_frame(size, model.vision.patch_size)
-    loader = build_loader(
-        cfg, samples, tokens_per_frame=tpf, image_size=size, dp_rank=groups.dp_rank, dp_size=layout.dp
+    warn = (
+        (lambda m: print(f"longvila-train: warning: {m}", file=sys.stderr, flush=True))
+        if groups.sp_rank == 0
+        else None
     )
+    loader = build_loader(cfg, samples, tokens_per_frame=tpf, image_size=size, dp_rank=groups.dp_rank,
+                          dp_size=layout.dp, reader=reader, warn=warn)  # fmt: skip
 
     total = t.max_steps or t.epochs * loader.rounds_in_epoch() // t.grad_accum  # passes over the data
     first = {"step": 0, "packs_per_step": t.grad_accum * layout.dp, "max_steps": total}
@@ -309,7 +317,11 @@ def train(args: argparse.Namespace, environ: Mapping[str, str], job: Plan, metri
         stats = engine.step(loader, kind=job.kind, accum=accum, lr=lr, tokens_per_frame=tpf)
         step += 1
         memory = loop.max_over_ranks(loop.memory_mib(device), groups)
-        record = loop.step_record(step, total, stats, time.perf_counter() - t0, memory, world=layout.world)
+        skipped, attempted = skip_counts(loader, layout.sp, groups.host.world)
+        if problem := skip_problem(skipped, attempted, cfg.data.max_skipped_fraction, loader.last_failure):
+            raise DataError(problem)
+        record = loop.step_record(step, total, stats, time.perf_counter() - t0, memory, world=layout.world,
+                                  skipped_samples=skipped)  # fmt: skip
         if rank == 0:
             print(json.dumps(record), flush=True)
             print(loop.progress_line(record), file=sys.stderr, flush=True)

@@ -50,6 +50,7 @@ class Storage(Protocol):
     def put_bytes(self, key: str, data: bytes) -> None: ...
     def get_file(self, key: str, path: Path) -> None: ...
     def get_bytes(self, key: str) -> bytes: ...
+    def get_range(self, key: str, offset: int, size: int) -> bytes: ...  # `size` bytes at `offset`
     def listing(self, prefix: str = "") -> dict[str, int]: ...
     def delete(self, keys: list[str]) -> None: ...
     def describe(self, key: str = "") -> str: ...
@@ -135,6 +136,14 @@ class LocalStorage:
     def get_bytes(self, key: str) -> bytes:
         try:
             return self._path(key).read_bytes()
+        except OSError as e:
+            raise StorageError(f"reading {self.describe(key)} failed: {e}") from e
+
+    def get_range(self, key: str, offset: int, size: int) -> bytes:
+        try:
+            with self._path(key).open("rb") as f:
+                f.seek(offset)
+                return f.read(size)
         except OSError as e:
             raise StorageError(f"reading {self.describe(key)} failed: {e}") from e
 
@@ -324,6 +333,17 @@ class S3Storage:
             return body
 
         return self._call("get", key, get)
+
+    def get_range(self, key: str, offset: int, size: int) -> bytes:
+        k, span = self.uri.key(key), f"bytes={offset}-{offset + size - 1}"
+
+        def get() -> bytes:
+            body: bytes = self.client.get_object(Bucket=self.uri.bucket, Key=k, Range=span)["Body"].read()
+            if len(body) != size:
+                raise StorageError(f"{self.describe(key)}: {len(body)} bytes for range {span}")
+            return body
+
+        return self._call("range get", key, get)
 
     def listing(self, prefix: str = "") -> dict[str, int]:
         full = self.uri.key(prefix)

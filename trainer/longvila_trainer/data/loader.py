@@ -11,31 +11,68 @@ the seed and dataset size to catch a resume against different data. It is the sa
 every rank and does not depend on dp_size, so a resume after a node is lost (smaller
 dp) continues the same stream, neither repeating nor skipping a sample. A round that the
 rest of the epoch cannot fill is dropped (drop_last) and the next epoch begins.
+
+A sample whose media cannot be read (missing, corrupt, undecodable) is skipped: it is
+replaced in its pack by the first following sample of the epoch's order that fits the
+pack's room and decodes (at most `SUBSTITUTES` tries), else dropped from the pack. Every
+rank of an SP group meets the same failures (same files), so they keep the same batch; the
+loader's state does not change, so a resume is still exact. Skips are counted
+(`skipped`, `attempted`) and logged; train.py sums them over the job every step and fails
+the stage past `data.max_skipped_fraction` (`skip_problem`). A store that is down (a
+transient StorageError after its retries) is not the sample's fault: it propagates, and the
+run exits 'unavailable' to be restarted (longvila_contract.exits).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+import av
 import numpy as np
 import torch
-from longvila_contract.config import SyntheticConfig, TrainerConfig
+from longvila_contract.config import TrainerConfig
 from longvila_contract.stages import SHORT_MIX_SOURCE, STAGE_TABLE
 from longvila_contract.stages import stage_type as stage_table_entry
-from longvila_contract.uri import SCHEMES, URI, local_path, parse_uri
 
+from ..checkpoint.s3 import StorageError
 from ..model.longvila import PackedBatch
-from .packing import build_packed_batch, expanded_length, next_pack
+from ..parallel import comm
+from ..parallel.comm import Group
+from .media import MediaReader
+from .packing import assemble, decode_sample, expanded_length, next_pack
 from .samples import LongShortMix, MediaRef, Sample, open_dataset, pixels_of
-from .synthetic import MANIFEST, generate
+from .sources import open_source
 from .tokenizer import TextCodec
 
 DEFAULT_FRAMES = 8  # VILA's num_video_frames default, when the stage sets none
+SUBSTITUTES = 16  # samples tried in place of one whose media cannot be read
+MEDIA_ERRORS = (OSError, ValueError, av.FFmpegError, StorageError)
+MIN_ATTEMPTS = 100  # the skip fraction is judged over at least this many samples
+
+
+class DataError(ValueError):
+    """The stage's data cannot be trained on; one line naming the setting or the sample."""
+
+
+def skip_counts(loader: PackedLoader, sp: int, host: Group | None) -> tuple[int, int]:
+    """(skipped, attempted) over the whole job: every rank of an SP group counts its batch's once.
+    `host`: the world's host (gloo) group, None for one process."""
+    skipped, attempted = comm.host_all_reduce([loader.skipped, loader.attempted], host)
+    return round(skipped / sp), round(attempted / sp)
+
+
+def skip_problem(skipped: int, attempted: int, fraction: float, last: str) -> str | None:
+    """Why the stage must stop, or None: more samples skipped than `fraction` allows."""
+    if skipped <= fraction * max(attempted, MIN_ATTEMPTS):
+        return None
+    return (
+        f"data: {skipped} of {attempted} samples skipped for unreadable media, more than "
+        f"data.max_skipped_fraction={fraction:g} allows; "
+        + (f"last: {last}" if last else "the warnings in the pods' logs name them")
+    )
 
 
 class PackedLoader(Iterator[PackedBatch]):
@@ -50,6 +87,7 @@ class PackedLoader(Iterator[PackedBatch]):
         dp_size: int = 1,
         seed: int = 0,
         shuffle: bool = True,
+        warn: Callable[[str], None] | None = None,
     ) -> None:
         if not 0 <= dp_rank < dp_size:
             raise ValueError(f"dp_rank {dp_rank} outside [0, {dp_size})")
@@ -57,8 +95,9 @@ class PackedLoader(Iterator[PackedBatch]):
             raise ValueError("the dataset is empty")
         self.samples, self.budget, self.tokens_per_frame = samples, budget, tokens_per_frame
         self.pixels, self.dp_rank, self.dp_size = pixels, dp_rank, dp_size
-        self.seed, self.shuffle = seed, shuffle
+        self.seed, self.shuffle, self.warn = seed, shuffle, warn
         self.epoch, self.cursor, self.rounds = 0, 0, 0
+        self.attempted, self.skipped, self.last_failure = 0, 0, ""  # this process's, not resumed
         self._lengths: dict[int, int] = {}  # sample index → expanded length
         self._order_epoch, self._order = -1, np.arange(0)
 
@@ -104,9 +143,58 @@ class PackedLoader(Iterator[PackedBatch]):
     def __next__(self) -> PackedBatch:
         epoch, _, packs = self.round_packs()
         order = self.order(epoch)
-        mine = [self.samples[int(order[p])] for p in packs[self.dp_rank]]
         self.epoch, self.cursor, self.rounds = epoch, packs[-1].stop, self.rounds + 1
-        return build_packed_batch(mine, self.pixels)
+        return self._build(order, packs[self.dp_rank])
+
+    def _decode(self, index: int) -> tuple[Sample, list[torch.Tensor]] | None:
+        sample = self.samples[index]
+        self.attempted += 1
+        try:
+            return sample, decode_sample(sample, self.pixels)
+        except MEDIA_ERRORS as err:
+            if isinstance(err, StorageError) and err.transient:
+                raise  # the store is down, not the sample: the run exits 'unavailable' and restarts
+            self.skipped += 1
+            where = ", ".join(ref.path for ref in sample.media) or "no media"
+            self.last_failure = (
+                f"sample {index} ({where}): {type(err).__name__}: {' '.join(str(err).split())}"
+            )
+            if self.warn is not None:
+                self.warn(f"skipped {self.last_failure} [{self.skipped} of {self.attempted} so far]")
+            return None
+
+    def _build(self, order: np.ndarray, pack: range) -> PackedBatch:
+        """The pack's samples decoded; a sample that cannot be read is replaced or dropped."""
+        indices = [int(order[p]) for p in pack]
+        room = self.budget - sum(self.length(i) for i in indices)
+        got: list[tuple[Sample, list[torch.Tensor]]] = []
+        for i in indices:
+            one = self._decode(i)
+            if one is None:
+                room += self.length(i)
+                one = self._substitute(order, pack.stop, room, set(indices))
+                room -= 0 if one is None else expanded_length(one[0], self.tokens_per_frame)
+            if one is not None:
+                got.append(one)
+        if not got:
+            raise DataError(
+                f"data: every sample of a packed batch failed to decode; last: {self.last_failure}"
+            )
+        return assemble([s for s, _ in got], [f for _, frames in got for f in frames])
+
+    def _substitute(
+        self, order: np.ndarray, start: int, room: int, used: set[int]
+    ) -> tuple[Sample, list[torch.Tensor]] | None:
+        """The first sample after position `start` (wrapping) that fits `room` and decodes."""
+        for k in range(min(SUBSTITUTES, len(order))):
+            i = int(order[(start + k) % len(order)])
+            if i in used or self.length(i) > room:
+                continue
+            used.add(i)
+            one = self._decode(i)
+            if one is not None:
+                return one
+        return None
 
     def rounds_in_epoch(self, epoch: int = 0) -> int:
         """Rounds (micro-steps of every DP group) one epoch yields: sizes `max_steps: None`."""
@@ -148,57 +236,35 @@ class PackedLoader(Iterator[PackedBatch]):
 # -- from the config ------------------------------------------------------------------------
 
 
-def data_root(
-    uri: str,
-    cache_dir: Path,
-    synthetic: SyntheticConfig,
-    codec: TextCodec,
-    fetch: Callable[[URI], Path] | None = None,
-) -> Path:
-    """The local directory of dataset `uri`: file:///dir as is, synthetic:// generated
-    once into `cache_dir` (atomically: several ranks may race), s3:// copied by `fetch`."""
-    u = parse_uri(uri, "data.uri", SCHEMES) if not uri.startswith("/") else uri
-    if isinstance(u, URI) and u.scheme == "synthetic":
-        name, s = u.prefix, synthetic
-        root = cache_dir / f"{name}-s{s.seed}-n{s.samples}-f{s.video_frames}-p{s.size}-t{s.text_tokens}"
-        if not (root / MANIFEST).is_file():
-            tmp = cache_dir / f"{root.name}.tmp-{os.getpid()}"
-            generate(
-                name,
-                tmp,
-                samples=s.samples,
-                seed=s.seed,
-                frames=s.video_frames,
-                size=s.size,
-                codec=codec,
-                text_tokens=s.text_tokens,
-            )
-            try:
-                tmp.rename(root)
-            except OSError:  # another rank won the race; its copy is identical
-                shutil.rmtree(tmp, ignore_errors=True)
-        return root
-    return local_path(u, fetch, "data.uri")
-
-
 def open_stage_data(
-    cfg: TrainerConfig, codec: TextCodec, cache_dir: Path, fetch: Callable[[URI], Path] | None = None
+    cfg: TrainerConfig, codec: TextCodec, cache_dir: Path, reader: MediaReader
 ) -> Sequence[Sample]:
     """The stage's samples: its dataset, plus the short mix for long-video SFT."""
-    stage_type = cfg.stage.type
+    stage_type, d = cfg.stage.type, cfg.data
     frames, budget = cfg.train.frames or DEFAULT_FRAMES, cfg.train.budget
-    root = data_root(cfg.data.uri, cache_dir, cfg.data.synthetic, codec, fetch)
-    main = open_dataset(root, stage_type, codec, frames, max_tokens=budget)
-    if cfg.data.short_fraction <= 0:
+
+    def dataset(uri: str, field: str, kind: str, n_frames: int, root: str) -> Sequence[Sample]:
+        ds = open_source(
+            uri,
+            field,
+            root_setting=root,
+            cache_dir=cache_dir,
+            synthetic=d.synthetic,
+            codec=codec,
+            reader=reader,
+        )
+        return open_dataset(ds.records, ds.where, ds.root, kind, codec, n_frames, max_tokens=budget)
+
+    main = dataset(d.uri, "data.uri", stage_type, frames, d.media_root)
+    if d.short_fraction <= 0:
         return main
     if not stage_table_entry(stage_type).short_mix:
         mixing = [t.name for t in STAGE_TABLE if t.short_mix]
         raise ValueError(
             f"data.short_fraction: long-short mixing is for {', '.join(mixing)}, not {stage_type}"
         )
-    short_root = data_root(cfg.data.short_uri, cache_dir, cfg.data.synthetic, codec, fetch)
-    short = open_dataset(short_root, SHORT_MIX_SOURCE, codec, cfg.data.short_frames, max_tokens=budget)
-    return LongShortMix(main, short, cfg.data.short_fraction, cfg.train.seed)
+    short = dataset(d.short_uri, "data.short_uri", SHORT_MIX_SOURCE, d.short_frames, "")
+    return LongShortMix(main, short, d.short_fraction, cfg.train.seed)
 
 
 def build_loader(
@@ -209,15 +275,18 @@ def build_loader(
     image_size: int,
     dp_rank: int,
     dp_size: int,
+    reader: MediaReader | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> PackedLoader:
     """The loader of this DP rank; `image_size` is the tower's unless data.image_size is set."""
     return PackedLoader(
         samples,
         budget=cfg.train.budget,
         tokens_per_frame=tokens_per_frame,
-        pixels=partial(pixels_of, size=cfg.data.image_size or image_size),
+        pixels=partial(pixels_of, size=cfg.data.image_size or image_size, reader=reader),
         dp_rank=dp_rank,
         dp_size=dp_size,
         seed=cfg.train.seed,
         shuffle=cfg.data.shuffle,
+        warn=warn,
     )

@@ -50,20 +50,29 @@ def pack_greedy(lengths: Sequence[int], budget: int) -> list[range]:
     return packs
 
 
-def build_packed_batch(samples: Sequence[Sample], pixels: Callable[[MediaRef], torch.Tensor]) -> PackedBatch:
-    """Concatenates the samples as documents; `pixels(ref)` decodes one media [frames, 3, H, W]."""
+def decode_sample(sample: Sample, pixels: Callable[[MediaRef], torch.Tensor]) -> list[torch.Tensor]:
+    """Every frame of a sample's media, in placeholder order: [3, H, W] each."""
+    frames: list[torch.Tensor] = []
+    for ref in sample.media:
+        px = pixels(ref)  # [frames, 3, H, W]
+        if px.shape[0] != ref.frames:
+            raise ValueError(f"{ref.path}: decoded {px.shape[0]} frames, the text has {ref.frames}")
+        frames += list(px)
+    return frames
+
+
+def assemble(samples: Sequence[Sample], frames: Sequence[torch.Tensor]) -> PackedBatch:
+    """Decoded samples concatenated as documents."""
     ids = [t for s in samples for t in s.input_ids]
     labels = [t for s in samples for t in s.labels]
-    frames: list[torch.Tensor] = []
-    for s in samples:
-        for ref in s.media:
-            px = pixels(ref)  # [frames, 3, H, W]
-            if px.shape[0] != ref.frames:
-                raise ValueError(f"{ref.path}: decoded {px.shape[0]} frames, the text has {ref.frames}")
-            frames += list(px)
     return PackedBatch(
         input_ids=torch.tensor(ids, dtype=torch.long),  # [N]
         labels=torch.tensor(labels, dtype=torch.long),  # [N]
         doc_lens=tuple(len(s.input_ids) for s in samples),
         frames=tuple(frames),
     )
+
+
+def build_packed_batch(samples: Sequence[Sample], pixels: Callable[[MediaRef], torch.Tensor]) -> PackedBatch:
+    """Concatenates the samples as documents; `pixels(ref)` decodes one media [frames, 3, H, W]."""
+    return assemble(samples, [f for s in samples for f in decode_sample(s, pixels)])

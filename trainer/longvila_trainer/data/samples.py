@@ -1,10 +1,12 @@
 """Dataset records → token samples, by stage type; long-short mixing for stage 5.
 
-A record is one line of a dataset's `manifest.jsonl` (formats in `synthetic.py`); its
-shape says what it is: `caption`, `segments` (interleaved), `conversations`
-(instruction) or `input_ids` (pre-tokenized text). Each stage type accepts some of them
-(`FORMATS`). Encoding is pure metadata: media stay file references until a batch is built
-(`pixels_of`), so packing can count tokens without decoding anything.
+A record (read by sources.py from a manifest.jsonl, LLaVA / VILA annotations or webdataset
+shards, and normalized by llava.py) has a shape that says what it is: `caption`,
+`segments` (interleaved), `conversations` (instruction) or `input_ids` (pre-tokenized
+text). Each stage type accepts some of them (`FORMATS`); a caption stage also reads a
+LLaVA pre-training record (one question, one answer) as VILA's "plain" template does: the
+media, then the answer as the caption. Encoding is pure metadata: media stay locations
+(media.py) until a batch is built (`pixels_of`), so packing counts tokens without decoding.
 
 Labels are unshifted (label[t] is the id at t; the model shifts per document) and IGNORE
 on everything that is not trained: media placeholders always, the prompt of captions,
@@ -16,12 +18,12 @@ and every non-assistant token of a conversation. Conversations use Qwen2's ChatM
   \\n                                                                                 ← IGNORE
 
 A `<video>` marker in text becomes `frames` media placeholders (one per sampled frame), an
-`<image>` marker one. Media without a marker go before the first user text, as in VILA.
+`<image>` marker one; each marker takes the record's next media of its kind. Media without
+a marker go before the first user text, as in VILA.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +35,8 @@ import torch
 from longvila_contract.stages import STAGE_TABLE
 
 from ..sharding.frames import IGNORE_INDEX
+from .llava import RecordError
+from .media import MediaReader
 from .tokenizer import MEDIA, VIDEO, TextCodec
 from .video import decode_video, load_image, to_pixels
 
@@ -43,7 +47,7 @@ _MARKER = re.compile(f"({re.escape(MEDIA)}|{re.escape(VIDEO)})")
 
 @dataclass(frozen=True)
 class MediaRef:
-    path: Path
+    path: str  # a location (media.py): a local path, an s3:// URI or a tar member
     kind: Literal["image", "video"]
     frames: int  # placeholders in input_ids: 1 for an image, the sampled count for a video
 
@@ -88,31 +92,39 @@ class _Builder:
         self.labels += [IGNORE_INDEX] * ref.frames
 
     def prompt(self, text: str, refs: list[MediaRef]) -> None:
-        """Untrained text whose `<image>`/`<video>` markers take the next media of `refs`."""
+        """Untrained text whose `<image>`/`<video>` markers take the next media of their kind."""
         for part in _MARKER.split(text):
             if part in (MEDIA, VIDEO):
-                if not refs:
-                    raise ValueError(f"text has more {MEDIA}/{VIDEO} markers than the record has media")
-                ref = refs.pop(0)
-                if (part == VIDEO) != (ref.kind == "video"):
-                    raise ValueError(f"marker {part} stands for a {ref.kind}")
+                kind = "video" if part == VIDEO else "image"
+                ref = next((r for r in refs if r.kind == kind), None)
+                if ref is None:
+                    other = f" (marker {part} stands for a {refs[0].kind})" if refs else ""
+                    raise ValueError(f"text has more {part} markers than the record has {kind}s{other}")
+                refs.remove(ref)
                 self.media(ref)
             elif part:
                 self.text(part, trained=False)
 
 
-def media_refs(record: dict[str, Any], root: Path, frames: int) -> list[MediaRef]:
+def locate(root: str | Path, path: str) -> str:
+    """A media path of a record as a location: relative paths are under the media root."""
+    if "://" in path or path.startswith("/"):  # already a location (webdataset members are)
+        return path
+    return f"{str(root).rstrip('/')}/{path.lstrip('/')}"
+
+
+def media_refs(record: dict[str, Any], root: str | Path, frames: int) -> list[MediaRef]:
     refs = []
     for m in record.get("media", []):
         kind = m["type"]
         if kind not in ("image", "video"):
             raise ValueError(f"media type must be image or video, got {kind!r}")
-        refs.append(MediaRef(root / m["path"], kind, frames if kind == "video" else 1))
+        refs.append(MediaRef(locate(root, m["path"]), kind, frames if kind == "video" else 1))
     return refs
 
 
 def encode_record(
-    record: dict[str, Any], root: Path, codec: TextCodec, frames: int, max_tokens: int | None = None
+    record: dict[str, Any], root: str | Path, codec: TextCodec, frames: int, max_tokens: int | None = None
 ) -> Sample:
     """One record → a Sample; `frames` per video; pre-tokenized text cut to `max_tokens`."""
     fmt = record_format(record)
@@ -133,7 +145,7 @@ def encode_record(
         used = []
         for seg in record["segments"]:
             if "image" in seg:
-                ref = MediaRef(root / seg["image"], "image", 1)
+                ref = MediaRef(locate(root, seg["image"]), "image", 1)
                 used.append(ref)
                 b.media(ref)
             else:
@@ -164,20 +176,14 @@ def encode_record(
     return Sample(tuple(b.ids), tuple(b.labels), tuple(used))
 
 
-def read_manifest(root: Path) -> list[dict[str, Any]]:
-    path = root / "manifest.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"dataset {root}: no manifest.jsonl")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 class SampleSet(Sequence[Sample]):
-    """A dataset's records, encoded on access (cheap: text only)."""
+    """A dataset's records, encoded on access (cheap: text only); errors name the record."""
 
     def __init__(
-        self, records: list[dict[str, Any]], root: Path, codec: TextCodec, frames: int, max_tokens: int | None
-    ) -> None:
-        self.records, self.root, self.codec = records, root, codec
+        self, records: Sequence[dict[str, Any]], where: Sequence[str], root: str, codec: TextCodec,
+        frames: int, max_tokens: int | None,
+    ) -> None:  # fmt: skip
+        self.records, self.where, self.root, self.codec = records, where, root, codec
         self.frames, self.max_tokens = frames, max_tokens
 
     def __len__(self) -> int:
@@ -190,24 +196,40 @@ class SampleSet(Sequence[Sample]):
     def __getitem__(self, i: int | slice) -> Sample | Sequence[Sample]:
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
-        return encode_record(self.records[i], self.root, self.codec, self.frames, self.max_tokens)
+        try:
+            return encode_record(self.records[i], self.root, self.codec, self.frames, self.max_tokens)
+        except (ValueError, KeyError, TypeError) as err:
+            raise RecordError(f"{self.where[i]}: {err}") from None
+
+
+def as_caption(record: dict[str, Any]) -> dict[str, Any] | None:
+    """A LLaVA pre-training record (one human turn, one gpt turn) as a caption, VILA's "plain"."""
+    turns = record.get("conversations") or []
+    if len(turns) == 2 and [t.get("from") for t in turns] == ["human", "gpt"]:
+        return {"media": record.get("media", []), "caption": turns[1]["value"]}
+    return None
 
 
 def open_dataset(
-    root: Path, stage_type: str, codec: TextCodec, frames: int, max_tokens: int | None = None
-) -> SampleSet:
-    """The dataset at `root` for a stage; fails on a record format the stage does not train on."""
+    records: Sequence[dict[str, Any]], where: Sequence[str], root: str, stage_type: str, codec: TextCodec,
+    frames: int, max_tokens: int | None = None,
+) -> SampleSet:  # fmt: skip
+    """Records of a dataset (sources.py) for a stage; refuses a format the stage does not train on."""
     if stage_type not in FORMATS:
         raise ValueError(f"unknown stage type {stage_type!r}; known: {', '.join(FORMATS)}")
-    records = read_manifest(root)
-    for n, record in enumerate(records):
-        fmt = record_format(record)
-        if fmt not in FORMATS[stage_type]:
-            raise ValueError(
-                f"{root}/manifest.jsonl line {n + 1}: a {fmt} record; a {stage_type} stage reads "
-                f"{', '.join(FORMATS[stage_type])}"
-            )
-    return SampleSet(records, root, codec, frames, max_tokens)
+    kinds, out = FORMATS[stage_type], []
+    for record, at in zip(records, where, strict=True):
+        try:
+            fmt = record_format(record)
+        except ValueError as err:
+            raise RecordError(f"{at}: {err}") from None
+        if fmt == "conversation" and fmt not in kinds and "caption" in kinds:
+            record = as_caption(record) or record
+            fmt = record_format(record)
+        if fmt not in kinds:
+            raise RecordError(f"{at}: a {fmt} record; a {stage_type} stage reads {', '.join(kinds)}")
+        out.append(record)
+    return SampleSet(out, where, root, codec, frames, max_tokens)
 
 
 class LongShortMix(Sequence[Sample]):
@@ -243,7 +265,11 @@ class LongShortMix(Sequence[Sample]):
         return self.long[i] if i < len(self.long) else self.short[self.pick[i - len(self.long)]]
 
 
-def pixels_of(ref: MediaRef, size: int) -> torch.Tensor:
+def pixels_of(ref: MediaRef, size: int, reader: MediaReader | None = None) -> torch.Tensor:
     """A media reference decoded for the vision tower: float [frames, 3, size, size]."""
-    raw = decode_video(ref.path, ref.frames) if ref.kind == "video" else load_image(ref.path)
+    if reader is None:  # a local file
+        raw = decode_video(ref.path, ref.frames) if ref.kind == "video" else load_image(ref.path)
+    else:
+        with reader.open(ref.path) as f:
+            raw = decode_video(f, ref.frames) if ref.kind == "video" else load_image(f)
     return to_pixels(raw, size)

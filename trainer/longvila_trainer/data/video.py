@@ -14,6 +14,7 @@ mean and std are 0.5.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 import av
 import numpy as np
@@ -34,21 +35,32 @@ def uniform_indices(n_total: int, n_frames: int) -> list[int]:
     return [round(i * (n_total - 1) / (n_frames - 1)) for i in range(n_frames)]
 
 
-def count_frames(path: str | Path) -> int:
+Source = str | Path | BinaryIO  # a file, or an open binary file (seekable: it is read twice)
+
+
+def _open(source: Source) -> av.container.InputContainer:
+    if not isinstance(source, str | Path):
+        source.seek(0)
+    container = av.open(str(source) if isinstance(source, str | Path) else source, mode="r")
+    assert isinstance(container, av.container.InputContainer)
+    return container
+
+
+def count_frames(path: Source) -> int:
     """Frames in the first video stream: the container's count, else one decode pass."""
-    with av.open(str(path)) as container:
+    with _open(path) as container:
         stream = container.streams.video[0]
         if stream.frames > 0:
             return int(stream.frames)
         return sum(1 for _ in container.decode(stream))
 
 
-def decode_video(path: str | Path, n_frames: int) -> np.ndarray:
+def decode_video(path: Source, n_frames: int) -> np.ndarray:
     """`n_frames` uniformly sampled RGB frames of the video: uint8 [N, H, W, 3]."""
     wanted = uniform_indices(count_frames(path), n_frames)
     keep, last = set(wanted), wanted[-1]
     picked: dict[int, np.ndarray] = {}
-    with av.open(str(path)) as container:
+    with _open(path) as container:
         stream = container.streams.video[0]
         for i, frame in enumerate(container.decode(stream)):
             if i in keep:
@@ -56,13 +68,13 @@ def decode_video(path: str | Path, n_frames: int) -> np.ndarray:
             if i >= last:
                 break
     if not picked:
-        raise ValueError(f"{path}: no decodable video frames")
+        raise ValueError(f"{getattr(path, 'name', path)}: no decodable video frames")
     # A container may over-report its frame count; fall back to the last decoded frame.
     have = sorted(picked)
     return np.stack([picked[i] if i in picked else picked[have[-1]] for i in wanted])
 
 
-def load_image(path: str | Path) -> np.ndarray:
+def load_image(path: Source) -> np.ndarray:
     """An image file as RGB uint8 [1, H, W, 3] (one frame)."""
     with Image.open(path) as im:
         return np.asarray(im.convert("RGB"))[None]

@@ -71,7 +71,7 @@ class NiahSpec:
 
 def frame_size(spec: NiahSpec, model: LongVILA) -> int:
     """--size, else the side the model's vision tower was trained at."""
-    return spec.size if spec.size is not None else int(model.vision.model.config.image_size)
+    return spec.size if spec.size is not None else int(model.vision.model.config.image_size)  # type: ignore[arg-type]
 
 
 def evaluate(
