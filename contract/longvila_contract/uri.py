@@ -47,6 +47,10 @@ def forms(schemes: Collection[Scheme]) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
 
 
+# What the trainer image ships (images/trainer/Dockerfile: tiny weights under it); a file:// URI
+# of a job must lie under it or under one of the job's volume mounts.
+IMAGE_DIR = "/opt/longvila"
+
 S3_URI = pattern("s3")
 MODEL_URI = pattern("s3", "file")
 DATA_URI = pattern("s3", "file", "synthetic")

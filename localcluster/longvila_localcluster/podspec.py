@@ -17,7 +17,9 @@ local processes; this module decides *what* to run, over plain-dict pods:
   node-rank order exactly as the pods' DNS names do in a cluster.
 - Volumes: ConfigMap volumes are written as files under the pod's directory and emptyDirs
   become directories there; paths under a mountPath in env values and args are rewritten
-  to the local copy. A memory emptyDir at /dev/shm is the host's /dev/shm.
+  to the local copy. A memory emptyDir at /dev/shm is the host's /dev/shm. A hostPath is
+  this machine's directory, mounted only at its own path (file:// URIs inside the trainer
+  config are not rewritten); PVC, CSI and NFS volumes cannot run locally.
 - Termination message: the container's terminationMessagePath becomes a file in the pod's
   directory (env values naming the path are rewritten to it); `termination_message` reads
   it back as a kubelet does, falling back to the log's tail under FallbackToLogsOnError.
@@ -190,10 +192,20 @@ def mounts(
         elif "emptyDir" in vol:
             shm = vm["mountPath"] == SHM
             out.append(Mount(vm["mountPath"], Path(SHM) if shm else local))
+        elif "hostPath" in vol:
+            path = vol["hostPath"]["path"]
+            if vm["mountPath"] != path:  # config files name the mount path; they are not rewritten
+                raise PodSpecError(
+                    f"{key(pod)}: volume {vm['name']}: the local runner mounts a hostPath only at its own "
+                    f"path (mountPath {vm['mountPath']}, hostPath.path {path})"
+                )
+            out.append(Mount(vm["mountPath"], Path(path)))
         elif "projected" in vol or "secret" in vol:
             continue  # service-account tokens: the runner passes a kubeconfig instead
         else:
-            raise PodSpecError(f"{key(pod)}: volume {vm['name']}: only configMap and emptyDir run locally")
+            raise PodSpecError(
+                f"{key(pod)}: volume {vm['name']}: only configMap, emptyDir and hostPath run locally"
+            )
     return tuple(out)
 
 

@@ -27,7 +27,7 @@ from longvila_contract import labels as K
 
 from . import naming, queueing
 from .api import API_VERSION, KIND
-from .api.manifest import Job
+from .api.manifest import Job, encode
 from .api.types import Stage
 from .placement import Placement
 from .trainer_config import render as render_config
@@ -242,6 +242,7 @@ def pod(
                 "volumeMounts": [
                     {"name": "dshm", "mountPath": "/dev/shm"},
                     {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+                    *(encode(m) for m in job.spec.volume_mounts),  # datasets, weights: spec.volumeMounts
                 ],
             }
         ],
@@ -249,6 +250,7 @@ def pod(
             # NCCL and DataLoader workers need far more than the runtime's 64 MiB /dev/shm.
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": job.spec.resources.shared_memory}},
             {"name": "config", "configMap": {"name": naming.config_map_name(job.name, stage.name)}},
+            *(encode(v) for v in job.spec.volumes),  # core/v1 Volume objects as written
         ],
     }
     if job.spec.scheduling.priority_class_name:

@@ -18,7 +18,7 @@ from longvila_contract import env as contract
 from longvila_contract.config import ConfigError, from_dict
 from longvila_contract.labels import KUEUE_QUEUE
 from longvila_contract.stages import stage_type as stage_table_entry
-from longvila_contract.uri import SCHEMES, Scheme, URIError, parse_uri
+from longvila_contract.uri import IMAGE_DIR, SCHEMES, Scheme, URIError, parse_uri
 
 from .api import API_VERSION, KIND
 from .api.manifest import InvalidJob, Job, load_spec, name_errors
@@ -70,6 +70,7 @@ def semantic_errors(spec: JobSpec) -> list[str]:
             else:
                 errs += trainer_config_errors(at, rendered)
     errs += uri_errors(spec)
+    errs += mount_errors(spec)
     errs += extension_errors(spec)
     if spec.resources.memory and quantity(spec.resources.shared_memory) > quantity(spec.resources.memory):
         errs.append(
@@ -106,6 +107,50 @@ def uri_errors(spec: JobSpec) -> list[str]:
             parse_uri(text, field, schemes)
         except URIError as err:
             errs.append(f"{field}: Invalid value: {err}")
+    return errs
+
+
+URI_OVERRIDES = ("data.media_root", "data.short_uri", "model.tokenizer")  # config keys that hold URIs
+
+
+def file_uris(spec: JobSpec) -> list[tuple[str, str]]:
+    """(field, path) of every file:// URI the pods will open."""
+    model = (
+        ("spec.model.llm", spec.model.llm),
+        ("spec.model.visionTower", spec.model.vision_tower),
+        ("spec.model.init", spec.model.init or ""),
+    )
+    out = [(f, u) for f, u in model if u.startswith("file://")]
+    for i, st in enumerate(spec.stages):
+        out += [(f"spec.stages[{i}].data", st.data)] if st.data.startswith("file://") else []
+        for key in URI_OVERRIDES:
+            value = st.overrides.get(key)
+            if isinstance(value, str) and (value.startswith("file://") or value.startswith("/")):
+                out.append((f"spec.stages[{i}].overrides[{key}]", value))
+    return [(f, u.removeprefix("file://")) for f, u in out]
+
+
+def under(path: str, mount: str) -> bool:
+    """Whether `path` lies in the directory `mount` (component-wise, not by string prefix)."""
+    mount = "/" + mount.strip("/")
+    return mount == "/" or path == mount or path.startswith(mount + "/")
+
+
+def mount_errors(spec: JobSpec) -> list[str]:
+    """A file:// path must exist in every pod: on a volume (spec.volumeMounts) or in the image."""
+    mounts = [m.mount_path for m in spec.volume_mounts]
+    errs = []
+    for field, path in file_uris(spec):
+        if not any(under(path, m) for m in (*mounts, IMAGE_DIR)):
+            where = (
+                f"any of spec.volumeMounts ({', '.join(mounts)})"
+                if mounts
+                else "a spec.volumeMounts[].mountPath"
+            )
+            errs.append(
+                f'{field}: Invalid value: "file://{path}": not under {where} nor inside the trainer image '
+                f"({IMAGE_DIR}/); mount the volume that holds it (spec.volumes, spec.volumeMounts)"
+            )
     return errs
 
 

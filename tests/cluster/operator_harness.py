@@ -35,7 +35,10 @@ def job_manifest(
         "metadata": {"name": name, "namespace": namespace},
         "spec": {
             "image": "localhost/longvila-trainer:0.1.0",
-            "model": {"llm": "file:///opt/tiny/qwen2", "visionTower": "file:///opt/tiny/siglip"},
+            "model": {
+                "llm": "file:///opt/longvila/tiny/qwen2",
+                "visionTower": "file:///opt/longvila/tiny/siglip",
+            },
             "topology": {
                 "nodes": nodes,
                 "gpusPerNode": gpus,

@@ -31,6 +31,8 @@ ROOT = Path(__file__).resolve().parents[2]
 INVALID = sorted((ROOT / "tests/data/invalid_jobs").glob("*.yaml"))
 EXAMPLES = sorted((ROOT / "examples/jobs").glob("*.yaml"))
 
+CEL_FUNCTIONS = {"matches", "startsWith", "endsWith", "upperAscii", "size", "all", "exists", "contains"}
+
 
 def walk(schema: dict[str, Any], path: str = "") -> list[tuple[str, dict[str, Any]]]:
     out = [(path, schema)]
@@ -109,7 +111,7 @@ def test_cel_rules_name_existing_fields() -> None:
                 for chain in cel_fields(expr):
                     cursor = node
                     for part in chain:
-                        if part in {"matches", "startsWith", "endsWith", "upperAscii", "size"}:
+                        if part in CEL_FUNCTIONS:
                             break
                         if path == "" and chain[0] == "metadata":
                             break  # the API server exposes metadata.name to root rules

@@ -110,6 +110,10 @@ def test_model_configs_are_read_from_the_spec_uris(tmp_path: Path) -> None:
         "visionTower": f"file://{tmp_path / 'siglip'}",
     }
     code, _, err = run("check", "-f", write(tmp_path, job))
+    assert code == 2 and "not under a spec.volumeMounts[].mountPath" in err  # where the pods would look
+    job["spec"]["volumes"] = [{"name": "models", "hostPath": {"path": str(tmp_path)}}]
+    job["spec"]["volumeMounts"] = [{"name": "models", "mountPath": str(tmp_path), "readOnly": True}]
+    code, _, err = run("check", "-f", write(tmp_path, job))
     assert code == 0, err
     job["spec"]["model"]["llm"] = f"file://{tmp_path / 'missing'}"
     code, _, err = run("check", "-f", write(tmp_path, copy.deepcopy(job)))

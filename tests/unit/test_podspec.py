@@ -171,3 +171,18 @@ def test_the_termination_message_file_is_the_pods_own_and_read_back_as_a_kubelet
     assert tail.splitlines()[-1] == "line 499" and len(tail.splitlines()) == 80 and len(tail) <= 2048
     assert podspec.termination_message(b"", log, 0, True) == ""  # only a failed container falls back
     assert podspec.termination_message(b"", log, 1, False) == ""  # File policy: the file or nothing
+
+
+def test_host_paths_mount_at_their_own_path_and_other_volumes_are_refused(tmp_path: Path) -> None:
+    p = pod("demo-s1-a0-n0", 0, command=["true"])
+    data = str(tmp_path / "data")
+    p["spec"]["volumes"].append({"name": "data", "hostPath": {"path": data}})
+    p["spec"]["containers"][0]["volumeMounts"].append({"name": "data", "mountPath": data})
+    mounts = podspec.mounts(p, tmp_path, {"ns/demo-cfg": {"config.yaml": "x: 1"}})
+    assert podspec.Mount(data, Path(data)) in mounts
+    p["spec"]["containers"][0]["volumeMounts"][-1]["mountPath"] = "/data"
+    with pytest.raises(podspec.PodSpecError, match="hostPath only at its own path"):
+        podspec.mounts(p, tmp_path, {"ns/demo-cfg": {}})
+    p["spec"]["volumes"][-1] = {"name": "data", "persistentVolumeClaim": {"claimName": "d"}}
+    with pytest.raises(podspec.PodSpecError, match="volume data: only configMap, emptyDir and hostPath run"):
+        podspec.mounts(p, tmp_path, {"ns/demo-cfg": {}})

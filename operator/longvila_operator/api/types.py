@@ -578,6 +578,163 @@ class EnvVar:
     )
 
 
+# -- volumes -------------------------------------------------------------------------------------
+# A bounded, typed subset of core/v1 Volume and VolumeMount, with the core/v1 field names (a pod's
+# `volumes` entry is the same YAML): persistentVolumeClaim, hostPath, csi, emptyDir and nfs, the
+# sources a training cluster mounts datasets and weights from. Typed rather than
+# x-kubernetes-preserve-unknown-fields: the API server prunes and type-checks them at `kubectl
+# apply` and `longvila check` runs the same schema, so a typo is refused before any child object
+# exists (an opaque volume would first fail when the operator creates the pods, after the Service
+# and ConfigMap), and validation.py can check every file:// URI against the mount paths. Copying
+# all of core/v1 Volume (about thirty sources) would bloat the CRD for little: other storage is
+# reachable through a PVC or CSI. The API server validates them again as core/v1 in the pods.
+
+# Names and paths the operator's own volumes use (children.py): /dev/shm and the config.
+RESERVED_VOLUMES = ("dshm", "config")
+RESERVED_PATHS = ("/dev/shm", "/etc/longvila")
+ABSOLUTE = "^/.*$"
+SOURCES = ("persistentVolumeClaim", "hostPath", "csi", "emptyDir", "nfs")
+
+
+@api_object
+class PersistentVolumeClaimSource:
+    claim_name: str = prop(
+        "A PersistentVolumeClaim in the job's namespace.", max_length=253, pattern=DNS_SUBDOMAIN
+    )
+    read_only: bool = prop("Mount it read-only.", default=False)
+
+
+@api_object
+class HostPathSource:
+    path: str = prop("Directory (or file) on the node.", max_length=4096, pattern=ABSOLUTE)
+    type: str = prop(
+        "What must be at the path (core/v1 HostPathType); empty checks nothing.",
+        default="",
+        enum=(
+            "",
+            "DirectoryOrCreate",
+            "Directory",
+            "FileOrCreate",
+            "File",
+            "Socket",
+            "CharDevice",
+            "BlockDevice",
+        ),
+        max_length=32,
+    )
+
+
+@api_object
+class SecretReference:
+    name: str = prop("Secret name.", max_length=253, pattern=DNS_SUBDOMAIN)
+
+
+@api_object
+class CSISource:
+    driver: str = prop("CSI driver name, e.g. fsx.csi.aws.com.", max_length=253)
+    read_only: bool = prop("Mount it read-only.", default=False)
+    fs_type: str | None = prop("Filesystem type, passed to the driver.", default=None, max_length=32)
+    volume_attributes: dict[str, str] = prop(
+        "Driver-specific attributes.", factory=dict, max_properties=32, value_max_length=1024
+    )
+    node_publish_secret_ref: SecretReference | None = prop(
+        "Secret the driver needs to mount it.", default=None
+    )
+
+
+@api_object
+class EmptyDirSource:
+    medium: str = prop(
+        "Backing medium: node disk (empty) or Memory.", default="", enum=("", "Memory"), max_length=8
+    )
+    size_limit: str | None = prop(
+        "Size limit, e.g. 100Gi.", default=None, max_length=32, rules=(QUANTITY_RULE,)
+    )
+
+
+@api_object
+class NFSSource:
+    server: str = prop("NFS server host name or address.", max_length=253)
+    path: str = prop("Exported path.", max_length=4096, pattern=ABSOLUTE)
+    read_only: bool = prop("Mount it read-only.", default=False)
+
+
+def _one_source(v: Volume) -> bool:
+    given = (v.persistent_volume_claim, v.host_path, v.csi, v.empty_dir, v.nfs)
+    return sum(s is not None for s in given) == 1
+
+
+@api_object
+class Volume:
+    """A pod volume (core/v1 Volume, these five sources)."""
+
+    name: str = prop("Volume name; volumeMounts refer to it.", max_length=63, pattern=DNS_LABEL)
+    persistent_volume_claim: PersistentVolumeClaimSource | None = prop(
+        "A PersistentVolumeClaim.", default=None
+    )
+    host_path: HostPathSource | None = prop("A directory of the node.", default=None)
+    csi: CSISource | None = prop("A CSI volume (inline).", default=None)
+    empty_dir: EmptyDirSource | None = prop("Scratch space living as long as the pod.", default=None)
+    nfs: NFSSource | None = prop("An NFS export.", default=None)
+
+    RULES: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            rule=" + ".join(f"(has(self.{s}) ? 1 : 0)" for s in SOURCES) + " == 1",
+            message=f"a volume sets exactly one of {', '.join(SOURCES)}",
+            check=_one_source,
+        ),
+        Rule(
+            rule="!(self.name in " + str(list(RESERVED_VOLUMES)) + ")",
+            message=f"volume names {', '.join(RESERVED_VOLUMES)} are taken by the operator's own volumes",
+            check=lambda v: v.name not in RESERVED_VOLUMES,
+            field_path=".name",
+        ),
+    )
+
+
+@api_object
+class VolumeMount:
+    """Where a volume appears in the trainer container (core/v1 VolumeMount)."""
+
+    name: str = prop("The spec.volumes entry to mount.", max_length=63, pattern=DNS_LABEL)
+    mount_path: str = prop("Absolute path in the container.", max_length=1024, pattern=ABSOLUTE)
+    read_only: bool = prop("Mount it read-only.", default=False)
+    sub_path: str = prop("Path inside the volume to mount instead of its root.", default="", max_length=1024)
+
+    RULES: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            rule=" && ".join(
+                f"self.mountPath != '{p}' && !self.mountPath.startsWith('{p}/')" for p in RESERVED_PATHS
+            ),
+            message=f"{' and '.join(RESERVED_PATHS)} are the operator's mounts",
+            check=lambda m: (
+                not any(m.mount_path == p or m.mount_path.startswith(p + "/") for p in RESERVED_PATHS)
+            ),
+            field_path=".mountPath",
+        ),
+        Rule(
+            rule="!self.subPath.startsWith('/') && !self.subPath.contains('..')",
+            message="subPath is a relative path without '..'",
+            check=lambda m: not m.sub_path.startswith("/") and ".." not in m.sub_path,
+            field_path=".subPath",
+        ),
+    )
+
+
+def mounts_name_volumes(volumes: tuple[Volume, ...], mounts: tuple[VolumeMount, ...]) -> bool:
+    names = {v.name for v in volumes}
+    return all(m.name in names for m in mounts)
+
+
+MOUNTS_RULE = Rule(
+    rule="!has(self.volumeMounts) || self.volumeMounts.all(m, has(self.volumes) && "
+    "self.volumes.exists(v, v.name == m.name))",
+    message="every volumeMounts[].name must name an entry of spec.volumes",
+    check=lambda s: mounts_name_volumes(s.volumes, s.volume_mounts),
+    field_path=".volumeMounts",
+)
+
+
 @api_object
 class JobSpec:
     """A LongVILA MM-SP training pipeline on a set of GPU nodes."""
@@ -604,6 +761,20 @@ class JobSpec:
     resources: Resources = prop("Per-pod resources besides GPUs.", factory=Resources)
     env: tuple[EnvVar, ...] = prop(
         "Extra trainer environment.", factory=tuple, max_items=64, list_map_keys=("name",)
+    )
+    volumes: tuple[Volume, ...] = prop(
+        "Volumes of every worker pod (core/v1 Volume: persistentVolumeClaim, hostPath, csi, emptyDir or "
+        "nfs), e.g. a shared filesystem holding datasets or weights.",
+        factory=tuple,
+        max_items=16,
+        list_map_keys=("name",),
+    )
+    volume_mounts: tuple[VolumeMount, ...] = prop(
+        "Where the trainer container mounts spec.volumes (core/v1 VolumeMount). file:// URIs of the spec "
+        "must lie under one of these paths, or inside the trainer image (under /opt/longvila).",
+        factory=tuple,
+        max_items=16,
+        list_map_keys=("mountPath",),
     )
 
     RULES: ClassVar[tuple[Rule, ...]] = (
@@ -632,6 +803,7 @@ class JobSpec:
             ),
             field_path=".failurePolicy.minNodes",
         ),
+        MOUNTS_RULE,
     )
 
 
