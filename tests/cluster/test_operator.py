@@ -275,6 +275,38 @@ def test_spec_only_the_operator_can_check_gets_a_condition_and_no_pods(
     wait("fixed spec runs", lambda: running(apis, ns, "bad-s1-a0-", 1))
 
 
+def test_volumes_reach_every_pod_and_the_api_server_accepts_them(apis: tuple[Any, Any], ns: str) -> None:
+    """The CRD's volume subset is valid core/v1: the API server creates the pods carrying it."""
+    body = job_manifest("vols", ns, nodes=2, ulysses=4, ring=2, stages=1)
+    body["spec"]["volumes"] = [
+        {"name": "weights", "hostPath": {"path": "/mnt/weights", "type": "DirectoryOrCreate"}},
+        {"name": "scratch", "emptyDir": {"sizeLimit": "10Gi"}},
+        {"name": "shared", "nfs": {"server": "nfs.example.com", "path": "/export", "readOnly": True}},
+        {"name": "lustre", "csi": {"driver": "fsx.csi.aws.com", "volumeAttributes": {"dnsname": "fs-1"}}},
+    ]
+    body["spec"]["volumeMounts"] = [
+        {"name": "weights", "mountPath": "/weights", "readOnly": True},
+        {"name": "scratch", "mountPath": "/scratch"},
+        {"name": "shared", "mountPath": "/data", "subPath": "llava"},
+        {"name": "lustre", "mountPath": "/lustre"},
+    ]
+    body["spec"]["stages"][0]["data"] = "file:///data/llava_video.json"
+    create(apis, body)
+    ps = wait("pods with volumes Running", lambda: running(apis, ns, "vols-s1-a0-", 2))
+    for p in ps:
+        vols = {v.name: v for v in p.spec.volumes}
+        assert (
+            vols["weights"].host_path.path == "/mnt/weights"
+            and vols["scratch"].empty_dir.size_limit == "10Gi"
+        )
+        assert (
+            vols["shared"].nfs.server == "nfs.example.com" and vols["lustre"].csi.driver == "fsx.csi.aws.com"
+        )
+        mounts = {m.mount_path: m for m in p.spec.containers[0].volume_mounts}
+        assert mounts["/data"].sub_path == "llava" and mounts["/weights"].read_only
+        assert {"/dev/shm", "/etc/longvila"} <= set(mounts)
+
+
 # Server-side apply builds a typed patch before validation and words list-map duplicates its
 # own way; the data files carry the create / client-side apply wording.
 SSA_WORDING = {

@@ -118,6 +118,7 @@ def _stage_of(generator: str) -> str:
         "instructions": "short-sft",
         "long-text": "context-extension",
         "long-video": "long-video-sft",
+        "needle-qa": "long-video-sft",
     }[generator]
 
 

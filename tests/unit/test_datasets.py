@@ -133,6 +133,24 @@ def test_a_caption_stage_reads_llava_pretraining_records_as_captions(
     assert s.input_ids == (95, *codec.encode("\na cat"), codec.eos_id)  # VILA's "plain": media, caption
 
 
+@pytest.mark.parametrize(
+    ("name", "stage"),
+    [("long-video", "long-video-sft"), ("needle-qa", "long-video-sft"), ("captions", "alignment")],
+)
+def test_synthetic_data_in_the_llava_layout_reads_as_its_manifest(
+    name: str, stage: str, codec: TextCodec, tmp_path: Path
+) -> None:
+    synthetic.generate(name, tmp_path / "m", samples=3, seed=0, frames=8)
+    ann = synthetic.generate(name, tmp_path / "l", samples=3, seed=0, frames=8, layout="llava")
+    assert ann.name == "train.json" and isinstance(json.loads(ann.read_text()), list)
+    ours = dataset(str(tmp_path / "m"), stage, codec, tmp_path)
+    theirs = dataset(str(ann), stage, codec, tmp_path)
+    assert [s.input_ids for s in ours] == [s.input_ids for s in theirs]
+    assert [[r.path.rsplit("/", 1)[1] for r in s.media] for s in ours] == [
+        [r.path.rsplit("/", 1)[1] for r in s.media] for s in theirs
+    ]
+
+
 # -- webdataset shards ------------------------------------------------------------------------
 
 

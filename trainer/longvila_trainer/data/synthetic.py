@@ -11,6 +11,13 @@ record per line, media paths relative to `root`, in the formats `samples.py` rea
   instructions  {"media": […], "conversations": [{"from": "human"|"gpt", "value": …}, …]}
   long-text     {"input_ids": [int, …]}  (pre-tokenized, as SlimPajama-encoded data is)
   long-video    like instructions, one long video each
+  needle-qa     a haystack video with a needle frame at a random depth, asked about as the
+                NIAH eval asks (its question and answer), so a model can learn to find it
+
+With `layout="llava"` the same records are written as a LLaVA / VILA annotation file,
+`train.json` (a JSON array of {"id", "video" | "image", "conversations"}; captions become
+VILA's two-turn pre-training records), media paths relative to it: what public datasets
+publish, and what the demo puts on S3.
 
 `needle_video` builds the needle-in-a-haystack input: a haystack video with one distinct
 needle frame inserted at a depth in [0, 1].
@@ -30,10 +37,11 @@ from PIL import Image
 
 from .tokenizer import TextCodec
 
-GENERATORS = ("captions", "interleaved", "instructions", "long-text", "long-video")
+GENERATORS = ("captions", "interleaved", "instructions", "long-text", "long-video", "needle-qa")
 # Names used by examples/jobs/tiny-demo.yaml and the operator's cluster tests.
 ALIASES = {"video-qa": "instructions", "long-video-qa": "long-video"}
 MANIFEST = "manifest.jsonl"
+LLAVA = "train.json"
 COLORS = {
     "red": (220, 30, 30),
     "green": (30, 200, 60),
@@ -136,6 +144,15 @@ def _record(
             {"from": "gpt", "value": f"{clip.direction}."},
         ]
         return {"media": [media], "conversations": turns}
+    if name == "needle-qa":
+        hay = moving_square(rng, frames, size).frames  # one clip across the whole video
+        needle = make_needle(int(rng.integers(1 << 30)), size)
+        needle_video(root / f"video_{i:05d}.mp4", hay, needle, float(rng.random()))
+        turns = [
+            {"from": "human", "value": f"<video>\n{needle.question}"},
+            {"from": "gpt", "value": needle.answer},
+        ]
+        return {"media": [{"type": "video", "path": f"video_{i:05d}.mp4"}], "conversations": turns}
     if name == "long-text":
         if codec is None:
             raise ValueError("the long-text generator needs a tokenizer (it writes pre-tokenized text)")
@@ -156,8 +173,10 @@ def generate(
     size: int = 56,
     codec: TextCodec | None = None,
     text_tokens: int = 512,
+    layout: str = "manifest",
 ) -> Path:
-    """Writes dataset `name` (one of GENERATORS or ALIASES) under `root`; returns the manifest path."""
+    """Writes dataset `name` (one of GENERATORS or ALIASES) under `root`; returns the manifest
+    path, or with layout "llava" the annotation file's."""
     name = ALIASES.get(name, name)
     if name not in GENERATORS:
         raise ValueError(
@@ -166,9 +185,36 @@ def generate(
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, GENERATORS.index(name)])
     records = [_record(name, rng, root, i, frames, size, codec, text_tokens) for i in range(samples)]
+    if layout == "llava":
+        annotations = root / LLAVA
+        annotations.write_text(json.dumps([as_llava(r, i) for i, r in enumerate(records)], indent=1))
+        return annotations
+    if layout != "manifest":
+        raise ValueError(f"layout {layout!r}: manifest or llava")
     manifest = root / MANIFEST
     manifest.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
     return manifest
+
+
+def as_llava(record: dict[str, Any], i: int) -> dict[str, Any]:
+    """One of our records as a LLaVA / VILA annotation record."""
+    if "segments" in record or "input_ids" in record:
+        raise ValueError("interleaved and pre-tokenized records have no LLaVA form; use layout 'manifest'")
+    out: dict[str, Any] = {"id": f"sample-{i:05d}"}
+    for m in record["media"]:
+        out.setdefault(m["type"], []).append(m["path"])
+    for kind in ("video", "image"):
+        if len(out.get(kind, [])) == 1:
+            out[kind] = out[kind][0]
+    if "caption" in record:  # VILA's pre-training form: the answer is the caption
+        tag = "<video>" if "video" in out else "<image>"
+        out["conversations"] = [
+            {"from": "human", "value": f"{tag}\n"},
+            {"from": "gpt", "value": record["caption"]},
+        ]
+    else:
+        out["conversations"] = record["conversations"]
+    return out
 
 
 # Needle in a haystack ----------------------------------------------------------------------

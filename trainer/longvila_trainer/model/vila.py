@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import Qwen2ForCausalLM, SiglipVisionModel
 
 from ..data.tokenizer import TextCodec, load_tokenizer
@@ -160,3 +160,44 @@ def load_vila(layout: VilaLayout, dtype: torch.dtype = torch.float32) -> tuple[L
             )
     projector.load_state_dict(state)
     return LongVILA(tower, projector.to(dtype), llm, codec.media_token_id), codec
+
+
+def save_vila(model: LongVILA, codec: TextCodec, root: Path) -> Path:
+    """Our model in VILA's released layout (what `load_vila` reads, and VILA's own tools).
+
+    The vision tower is written whole, as VILA keeps it: the layers after `select_layer`,
+    which our tower drops, come back with fresh weights that no forward reads. The
+    projector type follows the token order (column: mlp_downsample, row: _2x2_fix)."""
+    kind = next(k for k, order in PROJECTOR_ORDERS.items() if order == model.projector.token_order)
+    model.llm.save_pretrained(root / "llm")
+    codec.tokenizer.save_pretrained(root / "llm")
+    tower_cfg = model.vision.model.config
+    full = SiglipVisionModel(tower_cfg)
+    missing = full.load_state_dict(model.vision.model.state_dict(), strict=False).missing_keys
+    if not all(k.startswith(("encoder.layers.", "post_layernorm.", "head.")) for k in missing):
+        raise VilaFormatError(f"the vision tower lacks weights VILA's reads: {missing}")
+    full.save_pretrained(root / "vision_tower")
+    (root / "mm_projector").mkdir(parents=True, exist_ok=True)
+    ours = {v: k for k, v in PROJECTOR_KEYS.items()}
+    state = {ours[k]: v.detach().contiguous() for k, v in model.projector.state_dict().items()}
+    save_file(state, str(root / "mm_projector" / "model.safetensors"), metadata={"format": "pt"})
+    proj_cfg = {
+        "mm_projector_type": kind,
+        "model_type": "v2l_projector",
+        "architectures": ["MultimodalProjector"],
+    }
+    (root / "mm_projector" / "config.json").write_text(json.dumps(proj_cfg, indent=2))
+    top = {
+        "architectures": ["LlavaLlamaModel"],
+        "model_type": "llava_llama",
+        "llm_cfg": model.llm.config.to_dict(),
+        "vision_tower_cfg": tower_cfg.to_dict(),
+        "mm_projector_cfg": proj_cfg,
+        "mm_vision_select_layer": model.vision.select_layer,
+        "mm_vision_select_feature": "cls_patch",
+        "mm_hidden_size": model.vision.hidden_size,
+        "hidden_size": model.hidden_size,
+        "image_aspect_ratio": "resize",
+    }
+    (root / "config.json").write_text(json.dumps(top, indent=2))
+    return root
