@@ -108,7 +108,9 @@ def test_demo_job_stages_load(tmp_path: Path) -> None:
         cfg = load_config(path, preset=stage.type)
         assert (cfg.train.frames, cfg.train.context_length) == (stage.frames, stage.context_length)
         assert cfg.train.budget == stage.overrides["train.micro_batch_tokens"]
-        assert cfg.model.tokenizer == "tiny" and cfg.train.grad_accum == 1
+        # the tokenizer of the VILA-layout llm/ directory; long-sft keeps context-ext's RoPE base
+        assert cfg.model.tokenizer == "" and cfg.model.llm.endswith("/tiny-vila/llm")
+        assert cfg.train.grad_accum == 1 and cfg.train.rope_theta == 100000.0
 
 
 def test_operator_example_override_key_is_refused_by_name(tmp_path: Path) -> None:

@@ -124,7 +124,9 @@ def _stage_of(generator: str) -> str:
 
 def test_needle_frame_lands_at_its_depth(tmp_path: Path) -> None:
     hay, needle = synthetic.haystack_frames(0, 16, 56), synthetic.make_needle(0, 56)
-    assert " and " in needle.answer and needle.question.endswith("?")
+    assert needle.answer == "red" and needle.question.endswith("?")
+    assert [synthetic.make_needle(v, 56).answer for v in range(5)] == list(synthetic.NEEDLE_COLORS)
+    assert not set(synthetic.NEEDLE_COLORS) & set(synthetic.HAYSTACK_COLORS)
     for depth, at in ((0.0, 0), (0.5, 8), (1.0, 16)):
         assert synthetic.needle_video(tmp_path / "n.mp4", hay, needle, depth) == at
         got = decode_video(tmp_path / "n.mp4", 17).astype(float)

@@ -50,6 +50,18 @@ COLORS = {
     "white": (240, 240, 240),
     "black": (15, 15, 15),
 }
+# The needle's colors (checkered with black), and the NIAH haystack's, none of them a needle's:
+# the needle is the one frame showing its color (and the only checkerboard), as a real needle
+# is unlike its haystack.
+NEEDLE_COLORS = ("red", "green", "blue", "yellow", "white")
+HAYSTACK_COLORS = {
+    "gray": (128, 128, 128),
+    "brown": (120, 70, 30),
+    "teal": (0, 128, 128),
+    "olive": (128, 128, 0),
+    "purple": (120, 40, 140),
+    "orange": (240, 140, 20),
+}
 DIRECTIONS = ("left", "right", "up", "down")
 WORDS = ("the", "a", "video", "shows", "square", "moves", "slowly", "quickly", "across", "frame", "scene")
 
@@ -62,19 +74,21 @@ class Clip:
     direction: str
 
 
-def moving_square(rng: np.random.Generator, n_frames: int, size: int) -> Clip:
+def moving_square(
+    rng: np.random.Generator, n_frames: int, size: int, palette: dict[str, tuple[int, int, int]] = COLORS
+) -> Clip:
     """A square of one color crossing a background of another, in one of four directions."""
-    fg, bg = rng.choice(list(COLORS), size=2, replace=False)
+    fg, bg = rng.choice(list(palette), size=2, replace=False)
     direction = str(rng.choice(DIRECTIONS))
     side = max(size // 4, 2)
     frames = np.empty((n_frames, size, size, 3), dtype=np.uint8)
-    frames[:] = COLORS[bg]
+    frames[:] = palette[bg]
     for t in range(n_frames):
         p = round(t * (size - side) / max(n_frames - 1, 1))  # leading edge position
         y, x = {"right": (size // 3, p), "left": (size // 3, size - side - p)}.get(
             direction, (p, size // 3) if direction == "down" else (size - side - p, size // 3)
         )
-        frames[t, y : y + side, x : x + side] = COLORS[fg]
+        frames[t, y : y + side, x : x + side] = palette[fg]
     return Clip(frames, str(fg), str(bg), direction)
 
 
@@ -145,7 +159,7 @@ def _record(
         ]
         return {"media": [media], "conversations": turns}
     if name == "needle-qa":
-        hay = moving_square(rng, frames, size).frames  # one clip across the whole video
+        hay = haystack_frames(int(rng.integers(1 << 30)), frames, size)  # as the eval's haystack
         needle = make_needle(int(rng.integers(1 << 30)), size)
         needle_video(root / f"video_{i:05d}.mp4", hay, needle, float(rng.random()))
         turns = [
@@ -228,20 +242,21 @@ class Needle:
 
 
 def make_needle(seed: int, size: int) -> Needle:
-    """A frame unlike any haystack frame: a two-color checkerboard; the answer is its colors."""
-    rng = np.random.default_rng([seed, 7])
-    a, b = (str(c) for c in rng.choice(list(COLORS), size=2, replace=False))
+    """A frame unlike any haystack frame: a checkerboard of a needle color and black; the answer
+    is the color. Variant `seed` has color NEEDLE_COLORS[seed % 5], so 5 variants ask for
+    every color once and a model that ignores the video gets at most 1 in 5 right."""
+    color = NEEDLE_COLORS[seed % len(NEEDLE_COLORS)]
     cell = max(size // 8, 1)
     yy, xx = np.indices((size, size)) // cell
-    frame = np.where(((yy + xx) % 2 == 0)[..., None], COLORS[a], COLORS[b]).astype(np.uint8)
-    return Needle(frame, "what two colors does the checkerboard have?", f"{a} and {b}")
+    frame = np.where(((yy + xx) % 2 == 0)[..., None], COLORS[color], COLORS["black"]).astype(np.uint8)
+    return Needle(frame, "what color is the checkerboard?", color)
 
 
 def haystack_frames(seed: int, n_frames: int, size: int) -> np.ndarray:
-    """uint8 [T, H, W, 3]: moving-square clips of 8 frames, back to back."""
+    """uint8 [T, H, W, 3]: moving-square clips of 8 frames in HAYSTACK_COLORS, back to back."""
     rng = np.random.default_rng([seed, 11])
-    clips = [moving_square(rng, 8, size).frames for _ in range((n_frames + 7) // 8)]
-    return np.concatenate(clips)[:n_frames]
+    clips = [moving_square(rng, 8, size, HAYSTACK_COLORS).frames for _ in range((n_frames + 7) // 8)]
+    return np.concatenate(clips)[:n_frames] if clips else np.zeros((0, size, size, 3), np.uint8)
 
 
 def insert_needle(haystack: np.ndarray, needle: np.ndarray, depth: float) -> tuple[np.ndarray, int]:
