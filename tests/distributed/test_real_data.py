@@ -118,3 +118,46 @@ def test_long_video_sft_keeps_the_rope_base_of_context_extension(tmp_path: Path)
     own_base = sft("own", "--set", f"train.rope_theta={TINY.llm.get('rope_theta', 10000.0)}")
     assert losses(inherited.stdout) == losses(explicit.stdout)
     assert losses(inherited.stdout)[1] != losses(own_base.stdout)[1]
+
+
+def test_webdataset_shards_on_s3_are_indexed_once_and_read_by_range(
+    s3_server: dict[str, str], tmp_path: Path
+) -> None:
+    """Pre-training shards on S3: one index per shard and node, each sample's video by one ranged GET."""
+    import io
+    import tarfile
+
+    from longvila_contract.config import SyntheticConfig
+    from longvila_trainer.data.media import MediaCache, MediaReader
+    from longvila_trainer.data.samples import open_dataset, pixels_of
+    from longvila_trainer.data.sources import open_source
+
+    env = s3_env(s3_server)
+    synthetic.generate("captions", tmp_path / "gen", samples=4, seed=0, frames=8, size=56)
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for n in range(2):
+        with tarfile.open(shards / f"pretrain-{n:03d}.tar", "w") as tar:
+            for i in (2 * n, 2 * n + 1):
+                ours = json.loads((tmp_path / "gen" / synthetic.MANIFEST).read_text().splitlines()[i])
+                media = tmp_path / "gen" / ours["media"][0]["path"]
+                for name, data in ((f"s/{i:04d}.json", json.dumps({"caption": ours["caption"]}).encode()),
+                                   (f"s/{i:04d}{media.suffix}", media.read_bytes())):  # fmt: skip
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    uri = f"s3://{s3_server['bucket']}/wds-{uuid.uuid4().hex[:6]}"
+    upload_tree(shards, uri, env)
+    reader = MediaReader(MediaCache(tmp_path / "cache", 64 << 20), lambda u: open_storage(u, environ=env))
+    codec = load_tokenizer("tiny")
+    ds = open_source(uri, "data.uri", root_setting="", cache_dir=tmp_path, synthetic=SyntheticConfig(),
+                     codec=codec, reader=reader)  # fmt: skip
+    samples = open_dataset(ds.records, ds.where, ds.root, "pretraining", codec, 2)
+    assert len(samples) == 4 and ds.where[0].endswith("pretrain-000.tar: sample s/0000")
+    assert len(list((tmp_path / "cache" / "wds-index").glob("*.json"))) == 2
+    for cached in (tmp_path / "cache" / "objects").glob("*pretrain-*"):
+        cached.unlink()  # the indexing pass's copies gone: members now come by ranged GET
+    px = [pixels_of(ref, 56, reader) for s in samples for ref in s.media]
+    assert [p.shape[0] for p in px] == [1, 2, 1, 2]  # images and videos alternate
+    ranged = [p for p in (tmp_path / "cache" / "objects").iterdir() if ".tar_" in p.name]
+    assert len(ranged) == 4 and all(p.stat().st_size < 200_000 for p in ranged)
