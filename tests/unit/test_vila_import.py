@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from longvila_contract import checkpoint as L
 from longvila_trainer.checkpoint.s3 import open_storage
+from longvila_trainer.checkpoint.store import CheckpointNotFoundError
 from longvila_trainer.data.tokenizer import tiny_tokenizer
 from longvila_trainer.eval.prefill import prefill
 from longvila_trainer.model.longvila import PackedBatch
@@ -183,3 +184,15 @@ def test_bad_sources_fail_with_one_line(tmp_path: Path, capsys: pytest.CaptureFi
     capsys.readouterr()
     assert main([str(good), str(tmp_path / "c"), "--cache-dir", str(tmp_path / "cache")]) == 2
     assert "already holds checkpoints" in capsys.readouterr().err
+
+
+def test_a_released_checkpoint_named_as_init_asks_for_the_import(tmp_path: Path) -> None:
+    """model.init / spec.model.init naming the released layout itself: one line saying to import it."""
+    src = tmp_path / "vila"
+    write_vila(src, "mlp_downsample")
+    with pytest.raises(CheckpointNotFoundError) as err:
+        read_meta(f"file://{src}", "model.init", tmp_path / "staging")
+    assert str(err.value).startswith(f"model.init=file://{src}: a VILA checkpoint as released")
+    assert f"longvila-import file://{src} DST" in str(err.value)
+    with pytest.raises(CheckpointNotFoundError, match=r"no final\.json"):  # anything else: as before
+        read_meta(f"file://{tmp_path / 'empty'}", "model.init", tmp_path / "staging")

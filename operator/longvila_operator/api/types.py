@@ -151,14 +151,21 @@ class ModelSpec:
     """Where the weights come from."""
 
     llm: str = prop(
-        "The language model (a transformers Qwen2 checkpoint).", max_length=1024, rules=(MODEL_RULE,)
+        "The language model and its tokenizer: a transformers Qwen2 directory "
+        "(e.g. a released VILA checkpoint's llm/).",
+        max_length=1024,
+        rules=(MODEL_RULE,),
     )
     vision_tower: str = prop(
-        "The vision tower (a transformers SigLIP checkpoint).", max_length=1024, rules=(MODEL_RULE,)
+        "The vision tower: a transformers SigLIP directory (e.g. a released VILA checkpoint's "
+        "vision_tower/).",
+        max_length=1024,
+        rules=(MODEL_RULE,),
     )
     init: str | None = prop(
-        "Checkpoint the first stage starts from (e.g. a VILA stage-3 checkpoint); later stages start from "
-        "the checkpoint the previous stage committed (recorded in status.stages[].checkpoint).",
+        "Committed checkpoint the first stage starts from: a stage's (a URI of checkpoint.uri/<stage>) or a "
+        "released VILA / LongVILA checkpoint imported with longvila-import (e.g. VILA stage 3); later stages "
+        "start from the checkpoint the previous stage committed (recorded in status.stages[].checkpoint).",
         default=None,
         max_length=1024,
         rules=(MODEL_RULE,),

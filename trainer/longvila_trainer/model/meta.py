@@ -34,6 +34,9 @@ SHAPE_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_at
                 "num_key_value_heads", "vocab_size")  # fmt: skip
 
 
+RELEASED_VILA = "mm_projector/config.json"  # what marks NVlabs/VILA's released layout (model/vila.py)
+
+
 class MetaError(ValueError):
     """A checkpoint's model does not fit the run; the message names the config field."""
 
@@ -60,6 +63,11 @@ def read_meta(uri: str, field: str, staging: Path, step: int | str = "final") ->
     store = CheckpointStore.from_uri(uri, staging=staging)
     at = store.final_step() if step == "final" else step
     if at is None:
+        if RELEASED_VILA in store.storage.listing(RELEASED_VILA):  # the commonest slip: not imported yet
+            raise CheckpointNotFoundError(
+                f"{field}={uri}: a VILA checkpoint as released (config.json, llm/, mm_projector/), not one "
+                f"of ours; import it once with `longvila-import {uri} DST` and name DST here"
+            )
         raise CheckpointNotFoundError(f"{field}={uri}: no final.json (the stage did not commit a checkpoint)")
     try:
         return ModelMeta.from_meta(store.manifest(int(at)).meta, f"{field}={uri}")
