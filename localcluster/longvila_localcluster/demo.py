@@ -7,13 +7,14 @@ Steps, each printed with the time since the start:
     2 InfiniBand domains, an S3 server;
  2. on the cluster's S3, what a user brings (demo_assets.py): a tiny checkpoint in VILA's
     released layout (pretrained to find the needle, cached per machine), imported with
-    `longvila-import`, and datasets as published (LLaVA annotations + videos, a manifest);
+    `longvila-import`, and datasets as published (LLaVA annotations + videos, a manifest),
+    the short mix on this machine's disk for the job's hostPath volume;
  3. the pod runner (podrunner.py), which runs the pods scheduled to fake nodes as local
     processes, and `helm install` of charts/longvila-operator, whose operator pod the
     runner starts with the chart's ServiceAccount token;
  4. `kubectl apply` of examples/jobs/tiny-demo.yaml (two stages, MM-SP Ulysses 2 × ring 2
-    over 2 nodes × 2 processes, weights and data read from S3; the endpoint pointed at the
-    local S3 server);
+    over 2 nodes × 2 processes, weights and data read from S3 and the volume; the endpoint
+    pointed at the local S3 server, the hostPath at the work directory);
  5. once the second stage has a complete checkpoint, node rank 1's node fails; the
     operator restarts the gang on a spare node of the same domain and training resumes
     from that checkpoint;
@@ -40,7 +41,7 @@ import yaml
 from . import helm
 from .build import ensure_all
 from .cluster import NODE_HEARTBEAT_GRACE_SECONDS, ClusterInfo, LocalCluster, set_node_managed
-from .demo_assets import stage_assets
+from .demo_assets import VOLUME_PATH, stage_assets
 from .demo_report import checkpoint_listing, stage_checkpoints, stage_table
 from .nodes import NodeSpec
 from .podrunner import TRAINER_PODS, PodRunner
@@ -99,11 +100,11 @@ class Clock:
         self._say(f"[{self.elapsed:6.1f}s] {text}")
 
 
-def demo_job(path: Path, info: ClusterInfo) -> dict[str, Any]:
-    """The example job, pointed at this machine's S3 server (its bucket and endpoint)."""
-    job: dict[str, Any] = yaml.safe_load(
-        path.read_text().replace("s3://longvila/", f"s3://{info.s3_bucket}/")
-    )
+def demo_job(path: Path, info: ClusterInfo, volume: Path) -> dict[str, Any]:
+    """The example job, pointed at this machine's S3 server (its bucket and endpoint) and at
+    `volume`, the directory its hostPath volume names."""
+    text = path.read_text().replace("s3://longvila/", f"s3://{info.s3_bucket}/")
+    job: dict[str, Any] = yaml.safe_load(text.replace(VOLUME_PATH, f"{volume}/"))
     spec = job["spec"]
     spec["checkpoint"]["endpoint"] = info.s3_endpoint
     spec["checkpoint"]["uri"] = f"s3://{info.s3_bucket}/{job['metadata']['name']}"
@@ -203,7 +204,7 @@ def run_demo(opts: DemoOptions, say: Callable[[str], None] = print) -> DemoRepor
     )
     runner: PodRunner | None = None
     try:
-        stage_assets(info, work, clock)
+        assets = stage_assets(info, work, clock)
         venv_bin = str(Path(sys.executable).parent)
         runner = PodRunner(
             info, work / "runner", selectors=(TRAINER_PODS, "app.kubernetes.io/name=longvila-operator"),
@@ -219,7 +220,7 @@ def run_demo(opts: DemoOptions, say: Callable[[str], None] = print) -> DemoRepor
             "nodeSelector": {"kubernetes.io/hostname": info.nodes[-1]},
         }  # fmt: skip
         helm.install_operator_chart(info, "longvila", OPERATOR_NAMESPACE, values)
-        job = demo_job(opts.job_file, info)
+        job = demo_job(opts.job_file, info, Path(assets["volume"]))
         (work / "job.yaml").write_text(yaml.safe_dump(job, sort_keys=False))
         clock(f"kubectl apply -f {work / 'job.yaml'}  (from {opts.job_file.relative_to(REPO)})")
         say(kubectl(info, "apply", "--server-side", "-f", str(work / "job.yaml")).strip())

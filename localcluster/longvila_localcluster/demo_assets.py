@@ -5,7 +5,8 @@
     s3://<bucket>/imports/tiny-vila/      the same, imported with `longvila-import` (spec.model.init)
     s3://<bucket>/datasets/long-text/     pre-tokenized long text, our manifest.jsonl
     s3://<bucket>/datasets/needle-qa/     needle videos, LLaVA layout (train.json + videos)
-    s3://<bucket>/datasets/video-qa/      short video / image QA, LLaVA layout (the short mix)
+    <work>/datasets/video-qa/             short video / image QA, LLaVA layout (the short mix),
+                                          on this machine's disk: the job's hostPath volume
 
 The checkpoint is the tiny model pretrained to find the NIAH needle (tiny_needle.py),
 cached under the machine's cache directory after its first run. The datasets come from the
@@ -31,12 +32,13 @@ from .versions import cache_root
 
 MODEL = "models/tiny-vila"
 IMPORTED = "imports/tiny-vila"
-# name → (generator, layout, samples, haystack / video frames)
+# name → (generator, layout, samples, haystack / video frames, on S3 (else only on the volume))
 DATASETS = {
-    "long-text": ("long-text", "manifest", 16, 16),
-    "needle-qa": ("needle-qa", "llava", 24, 8),
-    "video-qa": ("instructions", "llava", 12, 8),
+    "long-text": ("long-text", "manifest", 16, 16, True),
+    "needle-qa": ("needle-qa", "llava", 24, 8, True),
+    "video-qa": ("instructions", "llava", 12, 8, False),
 }
+VOLUME_PATH = "/srv/longvila-demo/"  # the job file's hostPath prefix, made <work>/datasets/ by the demo
 
 
 class AssetError(RuntimeError):
@@ -79,7 +81,8 @@ def pretrained_tiny(say: Callable[[str], None], recipe: Recipe = RECIPE) -> Path
 
 
 def stage_assets(info: ClusterInfo, work: Path, say: Callable[[str], None]) -> dict[str, str]:
-    """Uploads the checkpoint and the datasets, imports the checkpoint; the S3 URIs by name."""
+    """Uploads the checkpoint and the datasets, imports the checkpoint; the S3 URIs by name, and
+    "volume": the local directory that holds the volume's datasets."""
     bucket = f"s3://{info.s3_bucket}"
     n = upload_tree(info, pretrained_tiny(say), MODEL)
     say(f"uploaded the VILA-layout checkpoint to {bucket}/{MODEL}/ ({n} objects)")
@@ -91,11 +94,15 @@ def stage_assets(info: ClusterInfo, work: Path, say: Callable[[str], None]) -> d
         raise AssetError(f"longvila-import failed: {done.stderr.strip()[-2000:]}")
     say(f"  {done.stdout.strip()}")
     codec = load_tokenizer("tiny")
-    for name, (generator, layout, samples, frames) in DATASETS.items():
+    for name, (generator, layout, samples, frames, on_s3) in DATASETS.items():
         root = work / "datasets" / name
         synthetic.generate(generator, root, samples=samples, seed=1, frames=frames, size=56, codec=codec,
                            text_tokens=200, layout=layout)  # fmt: skip
-        n = upload_tree(info, root, f"datasets/{name}")
         kind = "LLaVA layout (train.json + media)" if layout == "llava" else "manifest.jsonl"
-        say(f"dataset {bucket}/datasets/{name}/: {samples} samples, {kind}, {n} objects")
-    return {"model": f"{bucket}/{MODEL}", "init": f"{bucket}/{IMPORTED}"}
+        if on_s3:
+            n = upload_tree(info, root, f"datasets/{name}")
+            say(f"dataset {bucket}/datasets/{name}/: {samples} samples, {kind}, {n} objects")
+        else:
+            n = sum(1 for p in root.rglob("*") if p.is_file())
+            say(f"dataset {root}/ (the job's hostPath volume): {samples} samples, {kind}, {n} files")
+    return {"model": f"{bucket}/{MODEL}", "init": f"{bucket}/{IMPORTED}", "volume": str(work / "datasets")}

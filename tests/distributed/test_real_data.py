@@ -75,6 +75,7 @@ def test_vila_checkpoint_and_llava_videos_on_s3(s3_server: dict[str, str], tmp_p
 
     p = run_ok(train("cache"), env)
     assert f"initialised weights from step 0 of {base}/imported" in p.stderr
+    assert f"longvila-train: data {base}/data/videos-qa/train.json: 8 samples\n" in p.stderr
     recs = records(p.stdout)
     assert [r["step"] for r in recs] == [1, 2, 3] and all(0 < r["loss"] < 10 for r in recs)
     assert recs[-1]["skipped_samples"] >= 1  # counted in the step log

@@ -1,11 +1,12 @@
 """The demo's path end to end (`make demo`): kubectl apply → operator → pods really run → S3.
 
 One real run of longvila_localcluster.demo on its own local cluster: a checkpoint in VILA's
-released layout and LLaVA-layout datasets put on S3, the checkpoint imported with
-longvila-import, the chart installed with helm, the operator pod and the trainer pods
-executed by the pod runner, two stages of MM-SP training (Ulysses 2 × ring 2 over 2 nodes
-× 2 processes) reading weights and data from S3, a node failed once the second stage has a
-checkpoint, and the needle-in-a-haystack table on the final weights.
+released layout and LLaVA-layout datasets put on S3 (the short mix on a hostPath volume), the
+checkpoint imported with longvila-import, the chart installed with helm, the operator pod and
+the trainer pods executed by the pod runner, two stages of MM-SP training (Ulysses 2 × ring 2
+over 2 nodes × 2 processes) reading weights and data from S3 and the volume, a node failed
+once the second stage has a checkpoint, and the needle-in-a-haystack table on the final
+weights.
 """
 
 from __future__ import annotations
@@ -45,6 +46,12 @@ def test_demo_trains_two_stages_through_a_node_failure(tmp_path: Path) -> None:
     # the user's path: a VILA-layout checkpoint imported, datasets as published, on S3
     assert "longvila-import s3://" in log and "projector mlp_downsample_2x2_fix" in log
     assert "LLaVA layout (train.json + media)" in log and "manifest.jsonl" in log
+    # long videos read from S3, the short mix from the hostPath volume every worker mounts
+    data = re.compile(
+        r"-long-sft-a0-n0: longvila-train: data s3://\S+/datasets/needle-qa/train\.json: 24 samples; "
+        r"short mix file:///\S+/datasets/video-qa/train\.json: \d+ drawn from 12"
+    )
+    assert data.search(log), log
     assert any("-long-sft-" in ln and "RoPE base 100000" in ln for ln in lines)  # context-ext's base
 
     # Exact resume: a step run both before the failure and after the resume has the same loss.

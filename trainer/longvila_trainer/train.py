@@ -46,7 +46,15 @@ from .build import model_for_run
 from .checkpoint.s3 import StorageError
 from .checkpoint.store import CheckpointNotFoundError, CheckpointStore
 from .data.llava import RecordError
-from .data.loader import DataError, PackedLoader, build_loader, open_stage_data, skip_counts, skip_problem
+from .data.loader import (
+    DataError,
+    PackedLoader,
+    build_loader,
+    describe_data,
+    open_stage_data,
+    skip_counts,
+    skip_problem,
+)
 from .data.media import MediaCache, MediaReader
 from .data.tokenizer import load_tokenizer
 from .engines import Engine, make_engine
@@ -294,6 +302,7 @@ def train(args: argparse.Namespace, environ: Mapping[str, str], job: Plan, metri
     # media (s3:// objects, tar members) fetched per sample into a cache the node's ranks share
     reader = MediaReader(MediaCache(cache / "media", cfg.data.cache_mib << 20))
     samples = open_stage_data(cfg, codec, cache / "data", reader)
+    say(rank, describe_data(cfg, samples))
     size = int(model.vision.model.config.image_size)  # type: ignore[arg-type]
     tpf = tokens_per_frame(size, model.vision.patch_size)
     warn = (

@@ -267,6 +267,16 @@ def open_stage_data(
     return LongShortMix(main, short, d.short_fraction, cfg.train.seed)
 
 
+def describe_data(cfg: TrainerConfig, samples: Sequence[Sample]) -> str:
+    """One line for the log: where the stage's samples come from and how many there are."""
+    if isinstance(samples, LongShortMix):
+        return (
+            f"data {cfg.data.uri}: {len(samples.long)} samples; short mix {cfg.data.short_uri}: "
+            f"{len(samples.pick)} drawn from {len(samples.short)}"
+        )
+    return f"data {cfg.data.uri}: {len(samples)} samples"
+
+
 def build_loader(
     cfg: TrainerConfig,
     samples: Sequence[Sample],
