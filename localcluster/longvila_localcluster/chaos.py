@@ -35,10 +35,7 @@ EXPECTED: dict[str, str | None] = {
     "bad-override": "PermanentError",
 }
 LOSS_TOLERANCE = 1e-6
-BAD_OVERRIDE = {
-    "data.short_uri": "s3://longvila/short-videos",
-    "data.short_fraction": 0.25,
-}  # s3:// data: not yet
+BAD_DATA = "no-such-dataset"  # the bad override's short mix: a prefix of the job's bucket holding nothing
 
 
 @dataclass(frozen=True)
@@ -71,17 +68,25 @@ def expected_failures(planned: Sequence[Planned]) -> dict[str, int]:
     return {k: v for k, v in counts.items() if k is not None}
 
 
-def job(name: str, *, nodes: int, steps: int, hang_timeout: int, model: Mapping[str, str], bucket: str,
-        endpoint: str, bad_stage: bool) -> dict[str, Any]:  # fmt: skip
+def bad_override(bucket: str) -> dict[str, Any]:
+    """A short mix from a dataset that is not there: the trainer refuses it (no restart helps)."""
+    return {"data.short_uri": f"s3://{bucket}/{BAD_DATA}", "data.short_fraction": 0.25}
+
+
+def job(name: str, *, nodes: int, steps: int, hang_timeout: int, model: Mapping[str, str], weights: str,
+        bucket: str, endpoint: str, bad_stage: bool) -> dict[str, Any]:  # fmt: skip
     """nodes × 1 process, ring attention across them, a checkpoint every step; optionally a
-    second stage that the trainer refuses (the bad override)."""
+    second stage that the trainer refuses (the bad override). `model`'s file:// URIs lie in
+    `weights`, this machine's directory, mounted into every pod as a hostPath volume."""
     common = {"model.tokenizer": "tiny", "train.grad_accum": 1, "train.lr": 1.0e-3,
               "train.micro_batch_tokens": 512, "data.synthetic.samples": 16}  # fmt: skip
     stage = {"type": "long-video-sft", "contextLength": 1024, "ropeTheta": 100000, "frames": 8,
              "data": "synthetic://long-video"}  # fmt: skip
     stages = [{"name": "train", "maxSteps": steps, **stage, "overrides": common}]
     if bad_stage:
-        stages.append({"name": "bad", "maxSteps": 2, **stage, "overrides": {**common, **BAD_OVERRIDE}})
+        stages.append(
+            {"name": "bad", "maxSteps": 2, **stage, "overrides": {**common, **bad_override(bucket)}}
+        )
     return {
         "apiVersion": "longvila.io/v1alpha1",
         "kind": "LongVILAJob",
@@ -89,6 +94,8 @@ def job(name: str, *, nodes: int, steps: int, hang_timeout: int, model: Mapping[
         "spec": {
             "image": "longvila/trainer:0.1.0",
             "model": dict(model),
+            "volumes": [{"name": "weights", "hostPath": {"path": weights, "type": "Directory"}}],
+            "volumeMounts": [{"name": "weights", "mountPath": weights, "readOnly": True}],
             "topology": {"nodes": nodes, "gpusPerNode": 1, "sequenceParallel": {"ulysses": 1, "ring": nodes}},
             "checkpoint": {
                 "uri": f"s3://{bucket}/{name}",

@@ -25,7 +25,8 @@ import yaml
 from . import chaos, helm
 from .build import ensure_all
 from .cluster import NODE_HEARTBEAT_GRACE_SECONDS, ClusterInfo, LocalCluster, set_node_managed
-from .demo import Clock, export_weights
+from .demo import Clock
+from .demo_assets import export_tiny_weights
 from .demo_report import stage_checkpoints
 from .nodes import NodeSpec
 from .operator_process import OperatorProcess
@@ -282,7 +283,7 @@ def run_chaos(
 
         helm.kubectl(info, "apply", "--server-side", "-f", "-", stdin=crd.render())
         helm.kubectl(info, "wait", "--for=condition=Established", "crd/longvilajobs.longvila.io")
-        export_weights(work / "weights")
+        export_tiny_weights(work / "weights")
         env = {**info.env()}
         args = (
             "--node-heartbeat-grace-seconds",
@@ -303,8 +304,8 @@ def run_chaos(
 
         def manifest(name: str, bad_stage: bool) -> dict[str, Any]:
             return chaos.job(name, nodes=opts.nodes, steps=steps, hang_timeout=opts.hang_timeout,
-                             model=model, bucket=info.s3_bucket, endpoint=info.s3_endpoint,
-                             bad_stage=bad_stage)  # fmt: skip
+                             model=model, weights=str(work / "weights"), bucket=info.s3_bucket,
+                             endpoint=info.s3_endpoint, bad_stage=bad_stage)  # fmt: skip
 
         ref = run_job(rig, "reference", manifest("reference", False), [])
         report.reference = {step: loss for steps in ref.losses.values() for step, loss in steps.items()}

@@ -57,6 +57,15 @@ def upload_tree(info: ClusterInfo, local: Path, prefix: str) -> int:
 RECIPE = Recipe()  # the demo's pretraining (tiny_needle.py)
 
 
+def export_tiny_weights(out: Path) -> None:
+    """The tiny preset as HF directories out/qwen2 and out/siglip (a separate process: torch);
+    what the trainer image bakes in at /opt/longvila/tiny (the chaos run's model)."""
+    argv = [sys.executable, "-m", "longvila_trainer.model.export", "--preset", "tiny", str(out)]
+    done = subprocess.run(argv, capture_output=True, text=True)
+    if done.returncode:
+        raise AssetError(f"exporting the tiny weights failed: {done.stderr.strip()[-2000:]}")
+
+
 def pretrained_tiny(say: Callable[[str], None], recipe: Recipe = RECIPE) -> Path:
     """The VILA-layout tiny needle model, made once per machine (a separate process: torch)."""
     out = cache_root() / "demo" / recipe.key() / "vila"

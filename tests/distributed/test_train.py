@@ -501,7 +501,8 @@ def test_bad_input_under_torchrun_reaches_the_termination_message(
     """torchrun turns the workers' exit 2 into its own 1; the termination message keeps why."""
     cfg = write_config(tmp_path / "cfg.yaml", "tiny-long-video-sft")
     tree = yaml.safe_load(cfg.read_text())
-    tree["data"]["uri"] = "s3://data/not-readable-yet"
+    missing = f"s3://{s3_server['bucket']}/no-such-dataset-{uuid.uuid4().hex[:6]}"
+    tree["data"]["uri"] = missing  # a dataset that is not there: no restart helps
     cfg.write_text(yaml.safe_dump(tree))
     uri = f"s3://{s3_server['bucket']}/bad-{uuid.uuid4().hex[:6]}"
     env = contract_env(nproc=2, ulysses=2, ring=1, uri=uri, config=cfg, s3=s3_server)
@@ -520,4 +521,4 @@ def test_bad_input_under_torchrun_reaches_the_termination_message(
     p = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert p.returncode == 1, p.stderr[-3000:]  # torchrun's, whatever the workers said
     kind, text = exits.classify(log.read_text()) or ("", "")
-    assert kind == exits.ERROR and "data.uri=s3://data/not-readable-yet: s3:// is not supported" in text
+    assert kind == exits.ERROR and f"data.uri={missing}: no manifest.jsonl and no *.tar shards" in text

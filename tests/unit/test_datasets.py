@@ -8,6 +8,7 @@ import json
 import os
 import tarfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,11 +16,12 @@ import numpy as np
 import pytest
 import torch
 from longvila_contract.config import SyntheticConfig
+from longvila_trainer.checkpoint.s3 import StorageError
 from longvila_trainer.data import synthetic
 from longvila_trainer.data.llava import RecordError, normalize, parse_annotations
 from longvila_trainer.data.loader import DataError, PackedLoader, skip_problem
 from longvila_trainer.data.media import MediaCache, MediaReader
-from longvila_trainer.data.samples import SampleSet, open_dataset, pixels_of
+from longvila_trainer.data.samples import MediaRef, SampleSet, open_dataset, pixels_of
 from longvila_trainer.data.sources import open_source
 from longvila_trainer.data.tokenizer import TextCodec, load_tokenizer
 
@@ -265,3 +267,30 @@ def test_a_pack_with_nothing_readable_fails_with_one_line(codec: TextCodec, tmp_
         DataError, match=r"every sample of a packed batch failed to decode; last: sample 0 \("
     ):
         next(ld)
+
+
+def test_a_store_that_is_down_is_not_a_skipped_sample(codec: TextCodec, tmp_path: Path) -> None:
+    """A transient StorageError (S3 unreachable after the store's retries) ends the step: the run
+    exits 'unavailable' and is restarted; a store that refuses the object (transient=False) is the
+    sample's problem and is skipped."""
+    for i in range(2):
+        write_clip(tmp_path / f"v{i}.mp4", i)
+    lines = [json.dumps({"id": f"s{i}", "video": f"v{i}.mp4", "conversations": QA}) for i in range(2)]
+    (tmp_path / "d.jsonl").write_text("\n".join(lines))
+    ds = dataset(str(tmp_path / "d.jsonl"), "long-video-sft", codec, tmp_path)
+    n, media = len(ds[0].input_ids), reader(tmp_path)
+
+    def pixels(transient: bool) -> Callable[[MediaRef], torch.Tensor]:
+        def read(ref: MediaRef) -> torch.Tensor:
+            if ref.path.endswith("v0.mp4"):
+                raise StorageError(f"S3 download of {ref.path} failed", transient=transient)
+            return pixels_of(ref, 56, media)
+
+        return read
+
+    down = PackedLoader(ds, budget=n + 3 * 4, tokens_per_frame=4, shuffle=False, pixels=pixels(True))
+    with pytest.raises(StorageError, match=r"v0\.mp4"):
+        next(down)
+    assert down.skipped == 0  # not counted: the process ends and resumes from its last checkpoint
+    refused = PackedLoader(ds, budget=n + 3 * 4, tokens_per_frame=4, shuffle=False, pixels=pixels(False))
+    assert len(next(refused).frames) == 4 and refused.skipped == 1  # v1 took v0's place

@@ -34,7 +34,8 @@ from safetensors.torch import load_file, save_file
 from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel
 
 MEDIA = 95  # the tiny tokenizer's <image>
-VISION = {**TINY.vision, "image_size": 70}  # a 5×5 patch grid: odd, padded to 6×6 → 3×3 tokens
+# a 5×5 patch grid: odd, padded to 6×6 → 3×3 tokens; with SigLIP's pooling head, as VILA releases it
+VISION = {**{k: v for k, v in TINY.vision.items() if k != "vision_use_head"}, "image_size": 70}
 LLM = {**TINY.llm, "rope_theta": 50000.0}
 
 

@@ -49,7 +49,10 @@ def job(name: str, nodes: int, ulysses: int = 8, ring: int = 4) -> dict[str, Any
         "metadata": {"name": name, "namespace": "bench"},
         "spec": {
             "image": "localhost/longvila-trainer:0.1.0",
-            "model": {"llm": "file:///opt/tiny/qwen2", "visionTower": "file:///opt/tiny/siglip"},
+            "model": {
+                "llm": "file:///opt/longvila/tiny/qwen2",
+                "visionTower": "file:///opt/longvila/tiny/siglip",
+            },
             "topology": {
                 "nodes": nodes,
                 "gpusPerNode": 8,

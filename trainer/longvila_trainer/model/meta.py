@@ -109,7 +109,8 @@ def build_from_meta(meta: ModelMeta, seed: int = 0, attn_implementation: str | N
     vision_cfg = meta.vision.get("vision_config", meta.vision)  # a full SigLIP config nests it
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        tower = VisionTower(SiglipVisionModel(SiglipVisionConfig(**vision_cfg)), meta.select_layer)
+        tower_cfg = SiglipVisionConfig(**{**vision_cfg, "vision_use_head": False})  # patch features only
+        tower = VisionTower(SiglipVisionModel(tower_cfg), meta.select_layer)
         llm = Qwen2ForCausalLM(Qwen2Config(**meta.llm))
         projector = Projector(tower.hidden_size, int(llm.config.hidden_size), token_order=meta.token_order)
     llm.set_attn_implementation(attn_implementation)

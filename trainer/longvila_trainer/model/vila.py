@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import Qwen2ForCausalLM, SiglipVisionModel
+from transformers import Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel
 
 from ..data.tokenizer import TextCodec, load_tokenizer
 from ..hf_attention import register_usp_attention
@@ -147,7 +147,11 @@ def load_vila(layout: VilaLayout, dtype: torch.dtype = torch.float32) -> tuple[L
     llm = Qwen2ForCausalLM.from_pretrained(
         layout.llm, local_files_only=True, dtype=dtype, attn_implementation=impl
     )
-    siglip = SiglipVisionModel.from_pretrained(layout.vision_tower, local_files_only=True, dtype=dtype)
+    tower_cfg = SiglipVisionConfig.from_pretrained(layout.vision_tower, local_files_only=True)
+    tower_cfg.vision_use_head = False  # VILA reads patch features; the released head stays unread
+    siglip = SiglipVisionModel.from_pretrained(
+        layout.vision_tower, config=tower_cfg, local_files_only=True, dtype=dtype
+    )
     tower = VisionTower(siglip, layout.select_layer)
     projector = Projector(tower.hidden_size, int(llm.config.hidden_size), token_order=layout.token_order)
     state = projector_state(layout)
