@@ -354,6 +354,6 @@ def test_the_documented_queues_pass_kueues_own_validation(
             text=True,
         )
         assert out.returncode == 0, out.stderr
-        assert out.stdout.count("(server dry run)") == 3, out.stdout
+        assert out.stdout.count("(server dry run)") == 5, out.stdout
     finally:
         core.delete_namespace("llm")

@@ -198,3 +198,12 @@ def test_a_pod_preempted_by_the_scheduler_is_rescheduled_off_its_node_without_a_
         w.beat()
         w.run()
     assert w.status["phase"] == "Running" and w.status["restarts"] == 3
+
+
+def test_the_docs_table_lists_every_class_in_table_order() -> None:
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "failures.md").read_text()
+    section = text.split("## Failure classes", 1)[1].split("\n## ", 1)[0]
+    assert re.findall(r"^\| `(\w+)` \|", section, re.M) == [c.name for c in CLASSES]
