@@ -72,11 +72,12 @@ def queue_objects(namespace: str, gpus: int) -> list[dict[str, Any]]:
     return objs
 
 
-def job(name: str, namespace: str, *, steps: int, model: Mapping[str, str], bucket: str,
+def job(name: str, namespace: str, *, steps: int, model: Mapping[str, str], weights: str, bucket: str,
         endpoint: str) -> dict[str, Any]:  # fmt: skip
-    """The chaos run's training job in the queue, at its priority; GPUs are all the quota covers."""
-    body = chaos.job(name, nodes=2, steps=steps, hang_timeout=120, model=model, bucket=bucket,
-                     endpoint=endpoint, bad_stage=False)  # fmt: skip
+    """The chaos run's training job in the queue, at its priority; GPUs are all the quota covers.
+    `model`'s file:// URIs lie in `weights`, mounted into the pods as a hostPath volume."""
+    body = chaos.job(name, nodes=2, steps=steps, hang_timeout=120, model=model, weights=weights,
+                     bucket=bucket, endpoint=endpoint, bad_stage=False)  # fmt: skip
     body["metadata"]["namespace"] = namespace
     spec = body["spec"]
     spec["scheduling"].update(queueName=QUEUE, workloadPriorityClassName=priority_class(name, namespace))

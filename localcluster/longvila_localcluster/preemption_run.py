@@ -24,7 +24,8 @@ from . import helm
 from . import preemption as P
 from .chaos_run import Watcher
 from .cluster import NODE_HEARTBEAT_GRACE_SECONDS, S3_SECRET_NAME, ClusterInfo
-from .demo import Clock, export_weights
+from .demo import Clock
+from .demo_assets import export_tiny_weights
 from .kueue_manifests import NAMESPACE_LABEL, NAMESPACE_LABEL_VALUE
 from .operator_process import OperatorProcess
 from .podrunner import TRAINER_PODS, PodRunner
@@ -105,7 +106,7 @@ def run_preemption(
     op: OperatorProcess | None = None
     runner: PodRunner | None = None
     try:
-        export_weights(work / "weights")
+        export_tiny_weights(work / "weights")
         model = {
             "llm": f"file://{work / 'weights' / 'qwen2'}",
             "visionTower": f"file://{work / 'weights' / 'siglip'}",
@@ -137,9 +138,8 @@ def run_preemption(
                                f"low {low.status}; high {high.status}")  # fmt: skip
 
         def job(name: str) -> dict[str, Any]:
-            return P.job(
-                name, ns, steps=opts.steps, model=model, bucket=info.s3_bucket, endpoint=info.s3_endpoint
-            )
+            return P.job(name, ns, steps=opts.steps, model=model, weights=str(work / "weights"),
+                         bucket=info.s3_bucket, endpoint=info.s3_endpoint)  # fmt: skip
 
         apply(info, job(P.LOW), clock)
         until(f"{opts.preempt_after} steps of low", lambda: len(low.steps) >= opts.preempt_after)
