@@ -23,3 +23,6 @@ KUEUE_GROUP_TOTAL = "kueue.x-k8s.io/pod-group-total-count"  # annotation: pods i
 KUEUE_ROLE = "kueue.x-k8s.io/role-hash"  # annotation: the group's PodSet the pod counts in
 KUEUE_RETRIABLE = "kueue.x-k8s.io/retriable-in-group"  # annotation: "false" = never refilled
 KUEUE_GATE = "kueue.x-k8s.io/admission"  # scheduling gate Kueue holds until it admits the group
+# Pod condition Kueue sets (reason WorkloadEvictedDueTo<Evicted reason>, e.g. …DueToPreempted)
+# on every pod of a group it stops, just before it deletes them (pkg/controller/jobs/pod).
+KUEUE_TERMINATION_TARGET = "TerminationTarget"

@@ -65,8 +65,10 @@ class Rig:
 class Watcher:
     """Reads the job's status and its rank-0 logs; remembers when things happened."""
 
-    def __init__(self, info: ClusterInfo, runner: PodRunner, clock: Clock, name: str) -> None:
-        self.info, self.runner, self.clock, self.name = info, runner, clock, name
+    def __init__(
+        self, info: ClusterInfo, runner: PodRunner, clock: Clock, name: str, namespace: str = "default"
+    ) -> None:
+        self.info, self.runner, self.clock, self.name, self.namespace = info, runner, clock, name, namespace
         self.offsets: dict[Path, int] = {}
         self.losses: dict[str, dict[int, float]] = {}
         self.steps: list[tuple[float, str, int]] = []  # (time, attempt prefix, step)
@@ -76,7 +78,9 @@ class Watcher:
         self.status: dict[str, Any] = {}
 
     def job(self) -> dict[str, Any]:
-        out = helm.kubectl(self.info, "get", "longvilajob", self.name, "-o", "json", check=False)
+        out = helm.kubectl(
+            self.info, "-n", self.namespace, "get", "longvilajob", self.name, "-o", "json", check=False
+        )
         return dict(json.loads(out.stdout)) if out.returncode == 0 else {}
 
     def poll(self) -> dict[str, Any]:
@@ -84,7 +88,7 @@ class Watcher:
         now = (str(self.status.get("phase") or ""), str(self.status.get("stage") or ""))
         if not self.phases or self.phases[-1][1:] != now:
             self.phases.append((self.clock.elapsed, *now))
-        for log in sorted((self.runner.dir / "pods" / "default").glob(f"{self.name}-*-n0*/log")):
+        for log in sorted((self.runner.dir / "pods" / self.namespace).glob(f"{self.name}-*-n0*/log")):
             with log.open("rb") as f:
                 f.seek(self.offsets.get(log, 0))
                 data = f.read()

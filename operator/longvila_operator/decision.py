@@ -41,6 +41,8 @@ class PodView:
     waiting: str = ""  # the container's waiting reason (ErrImagePull, ImagePullBackOff…)
     waiting_message: str = ""
     disruption: str = ""  # reason of a DisruptionTarget=True condition (EvictionByEvictionAPI…)
+    stopped: str = ""  # reason of Kueue's TerminationTarget=True condition (WorkloadEvictedDueToPreempted…)
+    stop_message: str = ""  # the message of that condition, or of DisruptionTarget
 
     @property
     def terminal(self) -> bool:

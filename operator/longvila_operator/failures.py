@@ -1,10 +1,15 @@
 """Failure classes: what broke an attempt, found before anything restarts. Pure.
 
 One record per class (CLASSES): how it is detected, which failurePolicy budget its restarts
-spend (None: the job fails at once), and the grace the broken gang's pods get. `classify`
-asks the detectors in table order and the first match wins, as JobSet's failure-policy
-rules do; a new class (say, Kueue preemption) is one more record placed before the more
-general one it refines.
+spend (None: the job fails at once, unless the class requeues), and the grace the broken
+gang's pods get. `classify` asks the detectors in table order and the first match wins, as
+JobSet's failure-policy rules do; a new class is one more record placed before the more
+general one it refines (Preempted before Disrupted).
+
+Preemption is no fault of the job: Kueue evicted its Workload for a higher-priority one (or
+to reclaim a cohort's quota), or the scheduler evicted a pod for a higher-priority pod. The
+gang goes back to the queue as a new attempt, spending no budget, and resumes from its last
+complete checkpoint once admitted again (restart.requeue).
 
 One fault, one restart. A node that dies takes its pods silently (no kubelet reports
 them), and the surviving pods fail a second later when their collectives lose the peer,
@@ -28,12 +33,15 @@ from . import status as st
 from .api.manifest import Job
 from .decision import Observed, PodView
 from .placement import Placement
+from .workload import WorkloadView
 
 RESTART_GRACE_SECONDS = 5  # survivors of a broken gang cannot commit a checkpoint; their GPUs free sooner
 SETTLE_SLACK_SECONDS = 5.0  # beyond the heartbeat grace, for nodes that have no Lease
 EVICTED = ("Evicted", "Preempting", "Terminated", "Shutdown", "NodeShutdown")  # pod status.reason
 PULL_NOW = ("InvalidImageName", "ErrImageNeverPull")  # never fixed by waiting
 PULL_LATER = ("ErrImagePull", "ImagePullBackOff", "CreateContainerConfigError")  # may be, for a while
+KUEUE_PREEMPTED = "WorkloadEvictedDueToPreempted"  # Kueue's TerminationTarget reason on a preempted group
+SCHEDULER_PREEMPTED = "PreemptionByScheduler"  # kube-scheduler's DisruptionTarget reason on its victims
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,7 @@ class Evidence:
     pods: Sequence[PodView]  # this attempt's
     hang: str = ""  # why progress.hang thinks the gang is hung ('' when it does not)
     hang_reason: str = ""
+    workload: WorkloadView | None = None  # Kueue's Workload of this attempt's pod group, if any
 
     @property
     def lost(self) -> dict[str, str]:
@@ -83,6 +92,7 @@ class FailureClass:
     detect: Callable[[Evidence], Finding | None]
     settles: bool = False  # a node loss looks like this at first: hear from every node before believing it
     grace: int | None = RESTART_GRACE_SECONDS  # grace of the broken gang's surviving pods
+    requeue: bool = False  # not the job's fault: back to the queue as a new attempt, no budget spent
 
     @property
     def application(self) -> bool:
@@ -123,10 +133,34 @@ def node_lost(ev: Evidence) -> Finding | None:
     return Finding(reason, f"node {name} (node rank {rank_of(ev, name)}) is {why}")
 
 
+def preempted(ev: Evidence) -> Finding | None:
+    """Kueue preempted the attempt's Workload, or the scheduler preempted one of its pods."""
+    done = {p.node_rank for p in ev.pods if p.phase == "Succeeded"}
+    if len(done) == len(ev.placement.nodes):
+        return None  # it finished first: nothing to resume
+    wl = ev.workload
+    if wl is not None and wl.preempted_by_kueue:  # also when its pods are gone before we saw them
+        why = f": {wl.eviction_message}" if wl.eviction_message else ""
+        return Finding(wl.preempted or wl.evicted, f"Kueue preempted Workload {wl.name}{why}")
+    for p in sorted(ev.pods, key=lambda p: p.node_rank):
+        if p.phase == "Succeeded":
+            continue
+        if p.stopped == KUEUE_PREEMPTED:
+            why = f": {p.stop_message}" if p.stop_message else ""
+            return Finding("Preempted", f"Kueue preempted the pod group of {p.name}{why}")
+        if p.disruption == SCHEDULER_PREEMPTED:
+            why = f" ({p.stop_message})" if p.stop_message else ""
+            return Finding(SCHEDULER_PREEMPTED, f"pod {p.name} was preempted by the scheduler{why}")
+    return None
+
+
 def disrupted(ev: Evidence) -> Finding | None:
     for p in sorted(ev.pods, key=lambda p: p.node_rank):
         if p.phase == "Succeeded":
             continue
+        if p.stopped:  # Kueue evicted the group for another reason (a stopped queue, PodsReady timeout…)
+            why = f": {p.stop_message}" if p.stop_message else ""
+            return Finding(p.stopped, f"Kueue stopped pod {p.name} ({p.stopped}){why}")
         if p.disruption:
             return Finding("DisruptionTarget", f"pod {p.name} is being disrupted ({p.disruption})")
         if p.phase == "Failed" and p.reason in EVICTED:
@@ -188,9 +222,19 @@ CLASSES: tuple[FailureClass, ...] = (
         grace=RESTART_GRACE_SECONDS,
     ),
     FailureClass(
+        "Preempted",
+        "Kueue preempted the attempt's Workload (Evicted=True reason Preempted, its Preempted condition, "
+        "or TerminationTarget=True reason WorkloadEvictedDueToPreempted on a pod), or the scheduler "
+        "preempted a pod (DisruptionTarget=True reason PreemptionByScheduler)",
+        None,
+        preempted,
+        requeue=True,
+    ),
+    FailureClass(
         "Disrupted",
-        "a pod has DisruptionTarget=True, failed as Evicted/Preempting/Shutdown, or was deleted by "
-        "someone else",
+        "a pod has DisruptionTarget=True (eviction, taint manager) or Kueue's TerminationTarget=True "
+        "(a Kueue eviction other than preemption), failed as Evicted/Preempting/Shutdown, or was deleted "
+        "by someone else",
         "maxDisruptionRestarts",
         disrupted,
     ),

@@ -27,6 +27,7 @@ import kopf
 from longvila_contract.labels import (
     KUEUE_GATE,
     KUEUE_QUEUE,
+    KUEUE_TERMINATION_TARGET,
     LABEL_ATTEMPT,
     LABEL_JOB,
     LABEL_NODE_RANK,
@@ -97,12 +98,17 @@ def pod_view(body: Mapping[str, Any]) -> PodView:
         term = state.get("terminated") or term
         running = state.get("running") or running
         waiting = state.get("waiting") or waiting
-    unscheduled = disruption = ""
+    unscheduled = disruption = stopped = stop_message = ""
     for c in status.get("conditions") or []:
-        if c.get("type") == "PodScheduled" and c.get("status") == "False":
+        ctype, true = c.get("type"), c.get("status") == "True"
+        if ctype == "PodScheduled" and c.get("status") == "False":
             unscheduled = f"{c.get('reason', '')}: {c.get('message', '')}"
-        if c.get("type") == "DisruptionTarget" and c.get("status") == "True":
+        if ctype == "DisruptionTarget" and true:
             disruption = str(c.get("reason") or "DisruptionTarget")
+            stop_message = stop_message or str(c.get("message") or "")
+        if ctype == KUEUE_TERMINATION_TARGET and true:  # Kueue stopped the group (eviction, preemption)
+            stopped = str(c.get("reason") or KUEUE_TERMINATION_TARGET)
+            stop_message = str(c.get("message") or "")
     gates = {g.get("name") for g in spec.get("schedulingGates") or []}
     return PodView(
         name=meta["name"],
@@ -125,6 +131,8 @@ def pod_view(body: Mapping[str, Any]) -> PodView:
         waiting=waiting.get("reason") or "",
         waiting_message=waiting.get("message") or "",
         disruption=disruption,
+        stopped=stopped,
+        stop_message=stop_message,
     )
 
 

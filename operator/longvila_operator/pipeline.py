@@ -66,10 +66,12 @@ def run_stage(obs: Observed, d: Decision, job: Job) -> bool:
     for p in stale:
         d.delete.append(Delete(p.name, RESTART_GRACE_SECONDS, "an earlier attempt or stage"))
     n = len(placement.nodes)
+    group = naming.group_name(job.name, stage.name, attempt)
     hung = progress.check(obs, job, mine, n, progress.stored_for(s, stage.name, attempt), d)
     ev = Evidence(
-        obs, job, placement, mine, hang=hung.message if hung else "", hang_reason=hung.reason if hung else ""
-    )
+        obs, job, placement, mine, hang=hung.message if hung else "", hang_reason=hung.reason if hung else "",
+        workload=obs.workloads.get(group),
+    )  # fmt: skip
     verdict = classify(ev)
     if isinstance(verdict, Settle):  # a pod failed; is a node behind it? status unchanged until known
         d.later(1.0)
@@ -85,7 +87,6 @@ def run_stage(obs: Observed, d: Decision, job: Job) -> bool:
         s.pop("placement", None)
         return True
     missing = [r for r in range(n) if r not in by_rank]
-    group = naming.group_name(job.name, stage.name, attempt)
     if missing and (wait := queueing.leftover(obs, group, mine)):
         st.clear_condition(s, st.RUNNING, "WaitingForKueue", wait, now, gen)
         d.later(1)
@@ -111,7 +112,7 @@ def run_stage(obs: Observed, d: Decision, job: Job) -> bool:
         s["phase"] = st.RESTARTING if attempt > 0 else st.PENDING
         # No running count in the message: status is written per change, not per pod started.
         st.clear_condition(s, st.RUNNING, "WaitingForWorkers", f"waiting for {n} pods to run", now, gen)
-    queueing.admission(obs, d, job, group, mine)
+    queueing.admission(obs, d, job, group, mine, n, queueing.requeued(s, stage.name, attempt))
     return False
 
 

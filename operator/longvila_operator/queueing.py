@@ -20,7 +20,8 @@ Two annotations bend Kueue's defaults to a gang that is restarted as a new attem
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from longvila_contract import labels as K
 
@@ -61,25 +62,45 @@ def leftover(obs: Observed, group: str, mine: Sequence[PodView]) -> str:
     return ""
 
 
-def admission(obs: Observed, d: Decision, job: Job, group: str, mine: Sequence[PodView]) -> None:
-    """Queued (phase and Admitted=False with Kueue's reason) while Kueue holds the group; Admitted after."""
+def requeued(status: Mapping[str, Any], stage: str, attempt: int) -> Mapping[str, Any] | None:
+    """The failure that sent this attempt back to the queue (a preemption), if one did."""
+    last = status.get("lastFailure") or {}
+    back = last.get("action") == "Requeue" and last.get("stage") == stage
+    return last if back and int(last.get("attempt", -1)) == attempt - 1 else None
+
+
+def admission(
+    obs: Observed, d: Decision, job: Job, group: str, mine: Sequence[PodView], n: int,
+    after: Mapping[str, Any] | None = None,
+) -> None:  # fmt: skip
+    """Queued (phase and Admitted=False with Kueue's reason) while Kueue holds the group; Admitted after.
+
+    `after`: the preemption that requeued this attempt (requeued()). Until Kueue admits the new
+    group the job stays Queued, also while its pods are being created, and the condition's
+    reason stays the preemption's class, with Kueue's current reason in the message."""
     s, gen, now = d.status, job.generation, obs.now
     wl = obs.workloads.get(group)
     queue = job.queue or next((p.queue for p in mine if p.queue), "")
-    if mine and any(p.gated for p in mine):
-        if wl is None:
-            reason, why = "Queued", f"waiting for Kueue's Workload {group} ({len(mine)} pods in the group)"
-        else:
-            reason, why = wl.reason or "Queued", wl.message or "waiting for Kueue to admit it"
-        s["phase"] = st.QUEUED
-        message = f"LocalQueue {queue or '(namespace default)'}: Workload {group}: {why}"
-        if st.set_condition(s, st.ADMITTED, False, reason, message, now, gen):
-            d.info("Queued", message)
+    after = after if queue else None  # without Kueue a preempted gang is rescheduled, not queued
+    if not any(p.gated for p in mine) and not (after and len(mine) < n):
+        if wl is not None and wl.admitted:
+            message = f"Workload {group} admitted by ClusterQueue {wl.cluster_queue or '?'}"
+            if st.set_condition(s, st.ADMITTED, True, "Admitted", message, now, gen):
+                d.info("Admitted", message)
         return
-    if wl is not None and wl.admitted:
-        message = f"Workload {group} admitted by ClusterQueue {wl.cluster_queue or '?'}"
-        if st.set_condition(s, st.ADMITTED, True, "Admitted", message, now, gen):
-            d.info("Admitted", message)
+    s["phase"] = st.QUEUED
+    if not mine:  # the requeued attempt's pods are being created: the requeue's condition stands
+        return
+    if wl is None:
+        reason, why = "Queued", f"waiting for Kueue's Workload {group} ({len(mine)} pods in the group)"
+    else:
+        reason, why = wl.reason or "Queued", wl.message or "waiting for Kueue to admit it"
+    message = f"LocalQueue {queue or '(namespace default)'}: Workload {group}: {why}"
+    if after:
+        reason = str(after.get("class") or reason)
+        message += f" (requeued after {reason}: {after.get('message', '')})"
+    if st.set_condition(s, st.ADMITTED, False, reason, message, now, gen):
+        d.info("Queued", message)
 
 
 def admitted_at(obs: Observed, group: str) -> str:

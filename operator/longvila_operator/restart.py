@@ -1,7 +1,8 @@
 """Acting on a classified failure (failures.py): count it by class, then restart the gang as
 a new attempt with the lost ranks moved, or fail the job when its class is permanent, the
-policy says so, or its budget is spent. Pure; the reasons for restarting the whole gang
-under a new rendezvous id are in reconcile.py."""
+policy says so, or its budget is spent; a preempted gang goes back to the queue as a new
+attempt without spending any budget. Pure; the reasons for restarting the whole gang under a
+new rendezvous id are in reconcile.py."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from collections.abc import Sequence
 from . import status as st
 from .api.manifest import Job
 from .decision import Decision, Delete, Observed, PodView
-from .failures import Failure, spent
+from .failures import SCHEDULER_PREEMPTED, Failure, spent
 from .placement import Placement, Request, Unplaceable, plan, shrink
 
 BUDGET_FIELDS = {  # failurePolicy JSON name → JobSpec.failure_policy attribute
@@ -59,6 +60,9 @@ def restart(
     used = spent(s.get("failures") or {}, cls.budget) if cls.budget else 0
     limit = getattr(fp, BUDGET_FIELDS[cls.budget]) if cls.budget else 0
     cause = f"{cls.name}: {failure.finding.message}"
+    if cls.requeue:
+        record(obs, d, job, i, failure, "Requeue")
+        return requeue(obs, d, job, i, placement, mine, failure)
     if cls.budget is None:
         why = record(obs, d, job, i, failure, "Fail")
         fail(obs, d, job, cls.name, f"stage {entry['name']} cannot succeed: {why}")
@@ -76,20 +80,64 @@ def restart(
     return False
 
 
-def replan(
-    obs: Observed, d: Decision, job: Job, i: int, placement: Placement, dead: set[str], reason: str, what: str
+def requeue(
+    obs: Observed,
+    d: Decision,
+    job: Job,
+    i: int,
+    placement: Placement,
+    mine: Sequence[PodView],
+    failure: Failure,
 ) -> bool:
-    """The new attempt's placement: survivors keep their nodes, lost ranks move (or the job shrinks)."""
+    """A preempted gang: a new attempt, queued again where Kueue queues the job (True: create its pods).
+
+    Its pods form a new pod group, so a new Workload that waits in the job's LocalQueue; the
+    preempted group's Workload finishes once its pods are gone (never refilled, queueing.py).
+    The ranks keep their nodes where those are still free; the trainer resumes from the
+    stage's last complete checkpoint. No budget is spent: preemption can repeat as often as
+    the cluster's priorities say, and each one is counted in status.failures.Preempted."""
+    entry = d.status["stages"][i]
+    queue = job.queue or next((p.queue for p in mine if p.queue), "")
+    # A rank the scheduler preempted moves: its node is promised to the higher-priority pod.
+    taken = {p.node for p in mine if p.node and p.disruption == SCHEDULER_PREEMPTED}
+    attempt = int(entry.get("restarts") or 0) + 1
+    message = f"attempt {attempt} of stage {entry['name']} resumes from its last checkpoint"
+    if queue:  # the condition's reason names the class
+        message = f"{failure.finding.message}; {message} once LocalQueue {queue} admits it again"
+    else:
+        message = f"{failure.cls.name}: {failure.finding.message}; {message}"
+    return replan(
+        obs, d, job, i, placement, taken, failure.cls.name, message, queued=bool(queue), shrink_ok=False
+    )
+
+
+def replan(
+    obs: Observed,
+    d: Decision,
+    job: Job,
+    i: int,
+    placement: Placement,
+    dead: set[str],
+    reason: str,
+    what: str,
+    *,
+    queued: bool = False,
+    shrink_ok: bool = True,
+) -> bool:
+    """The new attempt's placement: survivors keep their nodes, lost ranks move (or the job shrinks).
+
+    `queued`: the attempt goes back to Kueue's queue (phase Queued, condition Admitted=False
+    with the failure's class as its reason) instead of Restarting."""
     s, fp, entry = d.status, job.spec.failure_policy, d.status["stages"][i]
     s["restarts"] = int(s.get("restarts") or 0) + 1
     entry["restarts"] = int(entry.get("restarts") or 0) + 1
     entry["phase"] = st.RESTARTING
-    s["phase"] = st.RESTARTING
+    s["phase"] = st.QUEUED if queued else st.RESTARTING
     d.restarted = True
     req = Request.from_spec(job.spec)
     nodes = list(obs.nodes.values())
     try:
-        if dead and fp.node_failure == "shrink":
+        if dead and shrink_ok and fp.node_failure == "shrink":
             new = shrink(req, nodes, min_nodes=fp.min_nodes, exclude=dead,
                          previous=[n.name for n in placement.nodes], gpus_in_use=obs.gpus_in_use)  # fmt: skip
         else:
@@ -110,6 +158,11 @@ def replan(
             moves.append(f"shrunk from {len(placement.nodes)} to {len(new.nodes)} nodes")
         moved = "; ".join(moves) or "same nodes"
     message = f"{what}; {moved}"
+    if queued:  # a preemption is no fault: a Normal Event, and no Restarting condition to recover from
+        st.set_condition(s, st.ADMITTED, False, reason, message, obs.now, job.generation)
+        st.clear_condition(s, st.RUNNING, reason, "back in the queue", obs.now, job.generation)
+        d.info(reason, message)
+        return True
     st.set_condition(s, st.RESTARTING, True, "GangRestart", message, obs.now, job.generation)
     d.warn(reason, message)  # one Event per restart, named for the failure class
     return True

@@ -91,6 +91,7 @@ def cluster_queue(name: str, gpus: int) -> dict[str, Any]:
         "metadata": {"name": name},
         "spec": {
             "namespaceSelector": {},
+            "preemption": {"withinClusterQueue": "LowerPriority"},
             "resourceGroups": [
                 {
                     "coveredResources": ["nvidia.com/gpu"],
@@ -259,6 +260,72 @@ def test_priority_classes_reach_the_pods_and_kueues_workload(apis: tuple[Any, An
         apis[1].delete_cluster_custom_object(KUEUE, KV, "workloadpriorityclasses", wpc)
 
 
+def test_a_higher_priority_job_preempts_the_running_one_which_queues_again_and_resumes(
+    apis: tuple[Any, Any], ns: str
+) -> None:
+    """Kueue preempts `low` for `high` (one quota, LowerPriority preemption): `low` goes back to
+    Queued as a new attempt (reason Preempted, no budget spent), `high` runs, then `low` is
+    admitted again. No duplicate groups, no gated pods left. (Training and its resume with the
+    same losses: tests/e2e/test_preemption.py.)"""
+    classes = {f"low-{ns}": 100, f"high-{ns}": 1000}
+    for name, value in classes.items():
+        body = {"apiVersion": f"{KUEUE}/{KV}", "kind": "WorkloadPriorityClass", "metadata": {"name": name}}
+        apis[1].create_cluster_custom_object(KUEUE, KV, "workloadpriorityclasses", {**body, "value": value})
+    try:
+        set_quota(apis, ns, 16)  # one 2 × 8-GPU job at a time
+        low = queued_job("low", ns, nodes=2, stages=1, max_restarts=0)
+        low["spec"]["scheduling"]["workloadPriorityClassName"] = f"low-{ns}"
+        low["spec"]["failurePolicy"]["maxDisruptionRestarts"] = 0  # a preemption spends neither budget
+        create(apis, low)
+        wait("low Running", lambda: running(apis, ns, "low-s1-a0-", 2), 60)
+        high = queued_job("high", ns, nodes=2, stages=1)
+        high["spec"]["scheduling"]["workloadPriorityClassName"] = f"high-{ns}"
+        t0 = time.monotonic()
+        create(apis, high)
+
+        def requeued() -> dict[str, Any] | None:
+            body = phase_is(apis, ns, "low", "Queued")
+            return body if body and body["status"].get("failures") else None
+
+        body = wait("low preempted and Queued", requeued, 60)
+        print(f"\nFIGURE kueue high-priority job created → low requeued: {time.monotonic() - t0:.1f}s")
+        s = body["status"]
+        assert s["failures"] == {"Preempted": 1} and s["restarts"] == 1, s
+        last = s["lastFailure"]
+        assert (last["class"], last["action"], last["attempt"]) == ("Preempted", "Requeue", 0), last
+        assert last["reason"] == "InClusterQueue", last  # Kueue's Preempted condition: within the queue
+        assert "Preempted to accommodate a workload" in last["message"], last
+        assert cond(body, "Admitted")["status"] == "False" and cond(body, "Admitted")["reason"] == "Preempted"
+        wait("high Running", lambda: running(apis, ns, "high-s1-a0-", 2), 60)
+        print(f"FIGURE kueue high-priority job created → its pods Running: {time.monotonic() - t0:.1f}s")
+        # The preempted group is gone; its successor is one new group, held by Kueue's gate.
+        wait("low's old pods gone", lambda: not live(apis, ns, "low-s1-a0-"), 60)
+        new = live(apis, ns, "low-s1-a1-")
+        assert len(new) == 2 and all(gated(p) for p in new)
+        groups = {p.metadata.labels["kueue.x-k8s.io/pod-group-name"] for p in live(apis, ns, "low-")}
+        assert groups == {"low-s1-a1"}
+        body = wait("low still Queued, Kueue's reason inside", lambda: queued_for_quota(apis, ns, "low"), 60)
+        admitted = cond(body, "Admitted")
+        assert admitted["reason"] == "Preempted" and "requeued after Preempted" in admitted["message"], (
+            admitted
+        )
+
+        exit_all(apis, ns, "high-s1-")
+        t1 = time.monotonic()
+        wait("low admitted again and Running", lambda: running(apis, ns, "low-s1-a1-", 2), 60)
+        print(f"FIGURE kueue preemptor finished → preempted job Running again: {time.monotonic() - t1:.1f}s")
+        body = wait("low phase Running", lambda: phase_is(apis, ns, "low", "Running"), 30)
+        assert cond(body, "Admitted")["status"] == "True" and body["status"]["failures"] == {"Preempted": 1}
+        assert not any(gated(p) for p in live(apis, ns, "low-"))
+        exit_all(apis, ns, "low-s1-a1-")
+        body = wait("low Succeeded", lambda: phase_is(apis, ns, "low", "Succeeded"), 60)
+        assert body["status"]["restarts"] == 1 and body["status"]["failures"] == {"Preempted": 1}
+        assert phase_is(apis, ns, "high", "Succeeded") and not job(apis, ns, "high")["status"].get("failures")
+    finally:
+        for name in classes:
+            apis[1].delete_cluster_custom_object(KUEUE, KV, "workloadpriorityclasses", name)
+
+
 def test_suspend_while_queued_and_resume_leaves_no_stuck_gates(apis: tuple[Any, Any], ns: str) -> None:
     create(apis, queued_job("sus", ns, nodes=2, stages=1))
     wait("Queued", lambda: phase_is(apis, ns, "sus", "Queued"), 60)
@@ -287,6 +354,6 @@ def test_the_documented_queues_pass_kueues_own_validation(
             text=True,
         )
         assert out.returncode == 0, out.stderr
-        assert out.stdout.count("(server dry run)") == 3, out.stdout
+        assert out.stdout.count("(server dry run)") == 5, out.stdout
     finally:
         core.delete_namespace("llm")

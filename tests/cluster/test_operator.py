@@ -190,6 +190,57 @@ def test_fail_node_replaces_the_lost_rank_in_its_domain_and_counts_one_restart(
     )
 
 
+def test_a_pod_the_scheduler_preempts_moves_its_rank_and_spends_no_budget(
+    apis: tuple[Any, Any], ns: str
+) -> None:
+    """The kube-scheduler evicts a worker for a higher-priority pod (DisruptionTarget,
+    PreemptionByScheduler): class Preempted, a new attempt with that rank on another node."""
+    from kubernetes import client as k
+
+    sched = k.SchedulingV1Api(apis[0].api_client)
+    pc = f"vip-{ns}"
+    sched.create_priority_class({"metadata": {"name": pc}, "value": 1_000_000, "globalDefault": False})
+    try:
+        body = job_manifest("prey", ns, nodes=2, ulysses=4, ring=2, max_restarts=0)
+        body["spec"]["failurePolicy"]["maxDisruptionRestarts"] = 0  # neither budget is spent
+        create(apis, body)
+        before = wait("a0 Running", lambda: running(apis, ns, "prey-s1-a0-", 2))
+        taken = before[1].spec.node_name
+        # KWOK removes a deleted pod at once, where a kubelet takes the pod's grace period (120 s
+        # here) to stop it; a finalizer stands in for that grace, so the victim is seen
+        # Terminating with the scheduler's DisruptionTarget condition, as on a real node.
+        hold = {"metadata": {"finalizers": ["longvila.io/test-grace"]}}
+        apis[0].patch_namespaced_pod(before[1].metadata.name, ns, hold)
+        term = {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [taken]}]}
+        vip = {
+            "metadata": {"name": "vip"},
+            "spec": {
+                "priorityClassName": pc,
+                "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [term]}}},
+                "containers": [{"name": "c", "image": "vip", "resources": {
+                    "requests": {"nvidia.com/gpu": "8"}, "limits": {"nvidia.com/gpu": "8"}}}],
+            },
+        }  # fmt: skip
+        apis[0].create_namespaced_pod(ns, vip)
+        wait("Preempted counted", lambda: job(apis, ns, "prey")["status"].get("failures"), 60)
+        apis[0].patch_namespaced_pod(before[1].metadata.name, ns, {"metadata": {"finalizers": None}})
+        after = wait("a1 Running", lambda: running(apis, ns, "prey-s1-a1-", 2), 60)
+        assert after[0].spec.node_name == before[0].spec.node_name and after[1].spec.node_name != taken
+        status = job(apis, ns, "prey")["status"]
+        assert status["failures"] == {"Preempted": 1} and status["restarts"] == 1, status
+        last = status["lastFailure"]
+        assert (last["class"], last["reason"], last["action"]) == (
+            "Preempted",
+            "PreemptionByScheduler",
+            "Requeue",
+        )
+        wait("vip Running", lambda: apis[0].read_namespaced_pod("vip", ns).status.phase == "Running", 60)
+        assert "Preempted" in events(apis, ns)
+    finally:
+        sched.delete_priority_class(pc)
+
+
 def test_max_restarts_exhausted_fails_the_job_with_the_reason(apis: tuple[Any, Any], ns: str) -> None:
     create(apis, job_manifest("flaky", ns, nodes=1, ulysses=4, ring=2, max_restarts=1))
     wait("a0 Running", lambda: running(apis, ns, "flaky-s1-a0-", 1))

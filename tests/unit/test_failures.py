@@ -34,12 +34,14 @@ def fail(w: World, only: str, **fields: typing.Any) -> typing.Any:
 
 def test_the_table_names_each_class_once_with_a_budget_the_spec_has() -> None:
     names = [c.name for c in CLASSES]
-    assert len(set(names)) == len(names) == 6
+    assert len(set(names)) == len(names) == 7
     fields = {camel(f.name) for f in dataclasses.fields(FailurePolicy)}
     for c in CLASSES:
         assert c.budget is None or c.budget in fields, c
         assert c.detected and callable(c.detect)
     assert BY_NAME["PermanentError"].budget is None  # fails at once
+    assert BY_NAME["Preempted"].budget is None and BY_NAME["Preempted"].requeue  # spends nothing
+    assert names.index("Preempted") < names.index("Disrupted")  # it refines a disruption
     assert {c.name for c in CLASSES if c.application} == {"OOMKilled", "Hang", "WorkerCrash"}
     assert BY_NAME["Hang"].grace == 0  # a hung collective never reaches a checkpoint
 
@@ -148,7 +150,7 @@ def test_a_disrupted_pod_restarts_without_spending_max_restarts(how: dict[str, t
     w.set("Running")
     w.beat()
     w.run()
-    w.set("Running", only="-n0", disruption="PreemptionByScheduler")
+    w.set("Running", only="-n0", disruption="TaintManagerEviction")
     w.run()
     failed = cond(w.status, "Failed")
     assert w.status["phase"] == "Failed" and failed["reason"] == "MaxRestartsExceeded"
@@ -167,3 +169,41 @@ def test_application_budget_is_max_restarts_and_names_the_field() -> None:
         and "failurePolicy.maxRestarts (1) spent" in failed["message"]
     )
     assert w.status["failures"] == {"OOMKilled": 1, "WorkerCrash": 1} and w.status["restarts"] == 1
+
+
+def test_a_pod_preempted_by_the_scheduler_is_rescheduled_off_its_node_without_a_budget() -> None:
+    w = running(failurePolicy={"maxRestarts": 0, "maxDisruptionRestarts": 0, "nodeFailure": "shrink"})
+    for round_ in (1, 2, 3):  # preemption may repeat: never a reason to fail the job
+        w.set(
+            "Running",
+            only=f"a{round_ - 1}-n1",
+            disruption="PreemptionByScheduler",
+            stop_message="default-scheduler: preempting to accommodate a higher priority pod",
+        )
+        taken = w.status["placement"]["nodes"][1]["name"]
+        d = w.run()
+        s = w.status
+        assert d.restarted and s["failures"] == {"Preempted": round_} and s["phase"] == "Restarting"
+        assert (
+            s["lastFailure"]["reason"] == "PreemptionByScheduler" and s["lastFailure"]["action"] == "Requeue"
+        )
+        assert "higher priority pod" in s["lastFailure"]["message"]
+        placed = [n["name"] for n in s["placement"]["nodes"]]
+        assert len(placed) == 4 and taken not in placed  # the rank moved; no shrink for a preemption
+        assert (
+            cond(s, "Restarting")["reason"] == "GangRestart"
+            and "Preempted" in cond(s, "Restarting")["message"]
+        )
+        w.set("Running")
+        w.beat()
+        w.run()
+    assert w.status["phase"] == "Running" and w.status["restarts"] == 3
+
+
+def test_the_docs_table_lists_every_class_in_table_order() -> None:
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "failures.md").read_text()
+    section = text.split("## Failure classes", 1)[1].split("\n## ", 1)[0]
+    assert re.findall(r"^\| `(\w+)` \|", section, re.M) == [c.name for c in CLASSES]

@@ -68,12 +68,13 @@ class Cluster:
                 )
         return d
 
-    def admit(self) -> None:
-        self.workloads[GROUP] = WorkloadView(
-            name=GROUP, admitted=True, cluster_queue="gpus", admitted_at=st.timestamp(self.now)
+    def admit(self, group: str = GROUP) -> None:
+        self.workloads[group] = WorkloadView(
+            name=group, admitted=True, cluster_queue="gpus", admitted_at=st.timestamp(self.now)
         )
         for name, p in self.pods.items():
-            self.pods[name] = PodView(**{**p.__dict__, "gated": False})
+            if name.startswith(group + "-"):
+                self.pods[name] = PodView(**{**p.__dict__, "gated": False})
 
     def bind(self) -> None:
         for name, p in self.pods.items():
@@ -215,3 +216,211 @@ def test_resumed_before_the_suspended_pods_are_gone_waits_and_counts_no_restart(
     c.pods = {}
     c.run()
     assert len(c.pods) == 4 and c.body["status"]["restarts"] == 0
+
+
+PREEMPTED_BY = (
+    "Preempted to accommodate a workload (UID: 1234, JobUID: UNKNOWN) due to prioritization in the "
+    "ClusterQueue; preemptor path: /gpus; preemptee path: /gpus"
+)
+
+
+def running_in_queue() -> Cluster:
+    c = Cluster(queued_manifest())
+    c.run()
+    c.admit()
+    c.bind()
+    c.run()
+    assert c.body["status"]["phase"] == "Running"
+    return c
+
+
+def evict(c: Cluster, group: str = GROUP) -> None:
+    """Kueue preempts the group: Evicted and Preempted on its Workload, TerminationTarget on its pods."""
+    c.workloads[group] = WorkloadView(
+        name=group, evicted="Preempted", preempted="InClusterQueue", eviction_message=PREEMPTED_BY
+    )
+    for name, p in c.pods.items():
+        c.pods[name] = PodView(
+            **{
+                **p.__dict__,
+                "deleting": True,
+                "stopped": "WorkloadEvictedDueToPreempted",
+                "stop_message": PREEMPTED_BY,
+            }
+        )
+
+
+def test_preempted_by_kueue_goes_back_to_the_queue_and_spends_no_budget() -> None:
+    c = running_in_queue()
+    c.body["spec"]["failurePolicy"] = {"maxRestarts": 0, "maxDisruptionRestarts": 0}
+    evict(c)
+    d = c.run()
+    s = c.body["status"]
+    assert d.restarted and s["phase"] == "Queued" and s["failures"] == {"Preempted": 1}
+    last = s["lastFailure"]
+    assert (last["class"], last["reason"], last["action"], last["attempt"]) == (
+        "Preempted",
+        "InClusterQueue",
+        "Requeue",
+        0,
+    )
+    admitted = st.condition(s, "Admitted") or {}
+    assert admitted["status"] == "False" and admitted["reason"] == "Preempted"
+    assert "due to prioritization in the ClusterQueue" in admitted["message"]
+    assert "resumes from its last checkpoint once LocalQueue team-a admits it again" in admitted["message"]
+    assert st.condition(s, "Restarting") is None  # no fault to recover from
+    assert [(e.type, e.reason) for e in d.events if e.reason == "Preempted"] == [("Normal", "Preempted")]
+    # The new attempt is a new pod group, created at once; Kueue's webhook gates it.
+    new = sorted(n for n in c.applied if "-a1-" in n)
+    assert len(new) == 4 and {
+        c.applied[n]["metadata"]["labels"]["kueue.x-k8s.io/pod-group-name"] for n in new
+    } == {"demo-extend-64k-a1"}
+    assert {p.stage for p in c.pods.values()} == {"extend-64k"}
+    # The old pods are Kueue's to delete (its finalizer); they go, and the new group waits.
+    c.pods = {n: p for n, p in c.pods.items() if "-a1-" in n}
+    c.workloads["demo-extend-64k-a1"] = PENDING_WL
+    c.run()
+    s = c.body["status"]
+    admitted = st.condition(s, "Admitted") or {}
+    assert s["phase"] == "Queued" and admitted["reason"] == "Preempted"
+    assert (
+        "insufficient unused quota" in admitted["message"]
+        and "requeued after Preempted" in admitted["message"]
+    )
+    c.run(seconds=3600)  # hours in the queue again: still no failure, no timeout
+    assert c.body["status"]["phase"] == "Queued" and c.body["status"]["failures"] == {"Preempted": 1}
+    c.admit("demo-extend-64k-a1")
+    c.bind()
+    d = c.run()
+    s = c.body["status"]
+    assert s["phase"] == "Running" and (st.condition(s, "Admitted") or {})["status"] == "True"
+    assert (
+        s["restarts"] == 1 and s["stages"][0]["restarts"] == 1 and "Admitted" in {e.reason for e in d.events}
+    )
+    # The trainer of the new attempt resumes: the same checkpoint URI, a new rendezvous.
+    env = {
+        e["name"]: e.get("value") for e in c.applied["demo-extend-64k-a1-n0"]["spec"]["containers"][0]["env"]
+    }
+    old = {
+        e["name"]: e.get("value") for e in c.applied["demo-extend-64k-a0-n0"]["spec"]["containers"][0]["env"]
+    }
+    assert env["LONGVILA_CHECKPOINT_URI"] == old["LONGVILA_CHECKPOINT_URI"]
+    assert env["PET_RDZV_ID"] != old["PET_RDZV_ID"]
+
+
+def test_a_preemption_seen_only_on_the_workload_still_requeues() -> None:
+    c = running_in_queue()
+    c.workloads[GROUP] = WorkloadView(name=GROUP, evicted="Preempted", eviction_message=PREEMPTED_BY)
+    c.pods = {}  # Kueue deleted the pods before the operator looked
+    d = c.run()
+    assert d.restarted and c.body["status"]["failures"] == {"Preempted": 1}
+    assert c.body["status"]["phase"] == "Queued" and len(c.pods) == 4
+    assert all("-a1-" in n for n in c.pods)
+
+
+def test_kueue_stopping_the_group_for_another_reason_is_a_disruption() -> None:
+    c = running_in_queue()
+    for name, p in c.pods.items():
+        c.pods[name] = PodView(
+            **{
+                **p.__dict__,
+                "deleting": True,
+                "stopped": "WorkloadEvictedDueToClusterQueueStopped",
+                "stop_message": "The ClusterQueue is stopped",
+            }
+        )
+    c.run()
+    s = c.body["status"]
+    assert (
+        s["failures"] == {"Disrupted": 1}
+        and s["lastFailure"]["reason"] == "WorkloadEvictedDueToClusterQueueStopped"
+    )
+    assert "The ClusterQueue is stopped" in s["lastFailure"]["message"]
+
+
+def test_preempted_after_every_pod_succeeded_is_no_failure() -> None:
+    c = running_in_queue()
+    for name, p in c.pods.items():
+        c.pods[name] = PodView(**{**p.__dict__, "phase": "Succeeded"})
+    c.workloads[GROUP] = WorkloadView(name=GROUP, evicted="Preempted", eviction_message=PREEMPTED_BY)
+    c.run()
+    s = c.body["status"]
+    assert s["stages"][0]["phase"] == "Succeeded" and not s.get("failures")
+
+
+def test_suspend_while_requeued_after_a_preemption_and_resume() -> None:
+    c = running_in_queue()
+    evict(c)
+    c.run()
+    c.pods = {n: p for n, p in c.pods.items() if "-a1-" in n}
+    c.body["spec"]["suspend"] = True
+    c.run()
+    assert not c.pods and c.body["status"]["phase"] == "Suspended"
+    c.body["spec"]["suspend"] = False
+    c.run()
+    assert sorted(c.pods) == [f"demo-extend-64k-a1-n{r}" for r in range(4)]  # same attempt, same group
+    assert c.body["status"]["phase"] == "Queued" and c.body["status"]["failures"] == {"Preempted": 1}
+
+
+def test_workload_view_reads_kueues_eviction() -> None:
+    body = {
+        "metadata": {"name": GROUP, "uid": "u1"},
+        "status": {
+            "conditions": [
+                {"type": "QuotaReserved", "status": "False", "reason": "Preempted", "message": PREEMPTED_BY},
+                {"type": "Evicted", "status": "True", "reason": "Preempted", "message": PREEMPTED_BY},
+                {"type": "Preempted", "status": "True", "reason": "InClusterQueue", "message": PREEMPTED_BY},
+                {"type": "Requeued", "status": "True", "reason": "Preempted", "message": PREEMPTED_BY},
+            ]
+        },
+    }
+    view = workload_view(body)
+    assert view.preempted_by_kueue and (view.evicted, view.preempted) == ("Preempted", "InClusterQueue")
+    assert view.eviction_message == PREEMPTED_BY and view.uid == "u1" and not view.admitted
+    stopped = {
+        "metadata": {"name": GROUP},
+        "status": {
+            "conditions": [
+                {"type": "Evicted", "status": "True", "reason": "ClusterQueueStopped", "message": "stopped"}
+            ]
+        },
+    }
+    assert not workload_view(stopped).preempted_by_kueue
+
+
+def test_pod_view_reads_kueues_termination_target_and_the_schedulers_disruption() -> None:
+    from longvila_operator.handlers import pod_view
+
+    def pod(*conditions: dict[str, str]) -> dict[str, Any]:
+        labels = {LABEL_STAGE: "extend-64k", LABEL_ATTEMPT: "0", LABEL_NODE_RANK: "1"}
+        return {
+            "metadata": {"name": "p", "labels": labels},
+            "spec": {},
+            "status": {"phase": "Running", "conditions": list(conditions)},
+        }
+
+    kueue = pod(
+        {
+            "type": "TerminationTarget",
+            "status": "True",
+            "reason": "WorkloadEvictedDueToPreempted",
+            "message": PREEMPTED_BY,
+        }
+    )
+    view = pod_view(kueue)
+    assert (view.stopped, view.stop_message, view.disruption) == (
+        "WorkloadEvictedDueToPreempted",
+        PREEMPTED_BY,
+        "",
+    )
+    sched = pod(
+        {
+            "type": "DisruptionTarget",
+            "status": "True",
+            "reason": "PreemptionByScheduler",
+            "message": "default-scheduler: preempting to accommodate a higher priority pod",
+        }
+    )
+    view = pod_view(sched)
+    assert view.disruption == "PreemptionByScheduler" and "higher priority" in view.stop_message
+    assert not view.stopped

@@ -426,8 +426,8 @@ class FailurePolicy:
         maximum=1000,
     )
     max_disruption_restarts: int = prop(
-        "Gang restarts after a pod was evicted, preempted or deleted by someone else (DisruptionTarget); "
-        "they do not spend maxRestarts.",
+        "Gang restarts after a pod was evicted or deleted by someone else (DisruptionTarget, or a Kueue "
+        "eviction other than preemption); they do not spend maxRestarts. A preemption spends no budget.",
         default=10,
         minimum=0,
         maximum=1000,
@@ -841,7 +841,8 @@ class StageStatus:
     )
     completion_time: str | None = prop("When it finished.", default=None, format="date-time", max_length=64)
     checkpoint: str | None = prop("The checkpoint this stage committed.", default=None, max_length=1024)
-    restarts: int = prop("Gang restarts of this stage.", default=0, minimum=0)
+    restarts: int = prop("Gang restarts of this stage (preemptions included); its attempt number.", default=0,
+                         minimum=0)  # fmt: skip
 
 
 @api_object
@@ -863,7 +864,8 @@ class FailureStatus:
     """The last failure the operator classified (longvila_operator.failures)."""
 
     class_: str = prop(
-        "Failure class: NodeLost, Disrupted, PermanentError, OOMKilled, Hang or WorkerCrash.", max_length=64
+        "Failure class: NodeLost, Preempted, Disrupted, PermanentError, OOMKilled, Hang or WorkerCrash.",
+        max_length=64,
     )
     reason: str = prop("What gave it away, CamelCase (NodeNotReady, TerminationMessage…).", max_length=128)
     message: str = prop("Human-readable detail.", max_length=4096)
@@ -872,7 +874,11 @@ class FailureStatus:
     time: str = prop("When the operator classified it (RFC 3339).", max_length=64)
     stage: str = prop("The stage it broke.", max_length=32)
     attempt: int = prop("The stage attempt it broke.", minimum=0)
-    action: str = prop("What followed: Restart or Fail.", enum=("Restart", "Fail"), max_length=16)
+    action: str = prop(
+        "What followed: Restart, Fail, or Requeue (a preempted gang back in the queue, no budget spent).",
+        enum=("Restart", "Fail", "Requeue"),
+        max_length=16,
+    )
 
 
 @api_object
@@ -912,10 +918,15 @@ class JobStatus:
         "Per-stage progress.", factory=tuple, max_items=16, list_map_keys=("name",)
     )
     placement: PlacementStatus | None = prop("Where the current stage runs.", default=None)
-    restarts: int = prop("Gang restarts so far (all stages, every class).", default=0, minimum=0)
+    restarts: int = prop(
+        "Gang restarts so far (all stages, every class, preemptions included; status.failures counts "
+        "them by class).",
+        default=0,
+        minimum=0,
+    )
     failures: dict[str, int] = prop(
-        "Failures so far by class (NodeLost, Disrupted, PermanentError, OOMKilled, Hang, WorkerCrash); "
-        "each restarted the gang once or failed the job.",
+        "Failures so far by class (NodeLost, Preempted, Disrupted, PermanentError, OOMKilled, Hang, "
+        "WorkerCrash); each restarted the gang once, requeued it (Preempted) or failed the job.",
         factory=dict,
         max_properties=32,
     )
