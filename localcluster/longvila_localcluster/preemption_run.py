@@ -175,7 +175,8 @@ def run_preemption(
         report.low, report.high = dict(low.status), dict(high.status)
         report.reference = {s: loss for by_step in high.losses.values() for s, loss in by_step.items()}
         report.losses = {k: dict(v) for k, v in low.losses.items()}
-        report.preempted_at_step = max(report.losses.get(f"{P.LOW}-train-a0") or {0: 0.0})
+        hit = int((report.low.get("lastFailure") or {}).get("attempt") or 0)  # the attempt preempted
+        report.preempted_at_step = max(report.losses.get(f"{P.LOW}-train-a{hit}") or {0: 0.0})
         report.resumes = list(low.resumes)
         report.leftovers = leftovers(info, runner, ns)
         report.seconds = clock.elapsed
